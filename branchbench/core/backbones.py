@@ -1,0 +1,247 @@
+"""Backbones: an ordered list of blocks (the branch points) plus per-task heads.
+
+A block is described, not built: its spec holds a factory for one *node* (one
+set of the block's weights) and for the block's *shortcut*, the path a skipped
+block takes (identity, or a projection where the block changes shape). The
+:class:`~branchbench.core.plan.Plan` decides how many nodes of each block exist;
+:class:`~branchbench.core.net.BranchedNet` builds them.
+
+Per-block parameter and FLOP counts are measured once from a single node
+(torch's own FLOP counter), so a plan's cost is known without building it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from branchbench.core.tasks import TaskSpec
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One branch point of a backbone.
+
+    ``fusable`` blocks hold no buffers, so sibling nodes can run as one batched
+    call (``torch.func.vmap`` over their stacked weights, i.e. batched matmul).
+    """
+
+    name: str
+    make: Callable[[], nn.Module]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    make_shortcut: Callable[[], nn.Module] | None = None
+    fusable: bool = False
+
+    def shortcut(self) -> nn.Module:
+        return self.make_shortcut() if self.make_shortcut is not None else nn.Identity()
+
+
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _flops_per_sample(module: nn.Module, in_shape: tuple[int, ...]) -> int:
+    module = module.eval()
+    x = torch.zeros((2, *in_shape))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops() // 2
+
+
+class Backbone:
+    """Blocks (branch points) and a head factory, with cached per-block costs."""
+
+    def __init__(
+        self,
+        name: str,
+        input_shape: Sequence[int],
+        blocks: Sequence[BlockSpec],
+        head: Callable[[TaskSpec], nn.Module],
+        convolutional: bool = False,
+    ) -> None:
+        if not blocks:
+            raise ValueError(f"backbone {name!r} has no blocks; give at least one")
+        self.name = name
+        self.input_shape = tuple(input_shape)
+        self.blocks = list(blocks)
+        self._head = head
+        self.convolutional = convolutional
+        for prev, block in zip(self.blocks, self.blocks[1:], strict=False):
+            if prev.out_shape != block.in_shape:
+                raise ValueError(
+                    f"backbone {name!r}: block {block.name!r} takes {block.in_shape} but "
+                    f"{prev.name!r} gives {prev.out_shape}"
+                )
+        if self.blocks[0].in_shape != self.input_shape:
+            raise ValueError(
+                f"backbone {name!r}: first block takes {self.blocks[0].in_shape}, "
+                f"input is {self.input_shape}"
+            )
+
+    @property
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    def make_head(self, task: TaskSpec) -> nn.Module:
+        return self._head(task)
+
+    @cached_property
+    def block_params(self) -> list[int]:
+        return [_n_params(b.make()) for b in self.blocks]
+
+    @cached_property
+    def shortcut_params(self) -> list[int]:
+        return [_n_params(b.shortcut()) for b in self.blocks]
+
+    @cached_property
+    def block_flops(self) -> list[int]:
+        return [_flops_per_sample(b.make(), b.in_shape) for b in self.blocks]
+
+    @cached_property
+    def shortcut_flops(self) -> list[int]:
+        return [_flops_per_sample(b.shortcut(), b.in_shape) for b in self.blocks]
+
+    @property
+    def shared_bottom_params(self) -> int:
+        return sum(self.block_params)
+
+    def head_params(self, task: TaskSpec) -> int:
+        return _n_params(self.make_head(task))
+
+    def head_flops(self, task: TaskSpec) -> int:
+        return _flops_per_sample(self.make_head(task), self.blocks[-1].out_shape)
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name!r}, blocks={self.block_names}, params/block={self.block_params})"
+
+
+# ----------------------------------------------------------------------- MLP
+class MLPBlock(nn.Module):
+    """Linear -> LayerNorm -> ReLU; no buffers, so siblings can be fused."""
+
+    def __init__(self, d_in: int, d_out: int, norm: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+        self.norm = nn.LayerNorm(d_out) if norm else nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.linear(x)))
+
+
+def _vector_head(d: int) -> Callable[[TaskSpec], nn.Module]:
+    return lambda task: nn.Linear(d, task.n_outputs)
+
+
+def mlp_backbone(input_dim: int, widths: Sequence[int] = (64, 64, 64, 64), norm: bool = True) -> Backbone:
+    """Fully connected blocks for vector inputs; a skip uses identity or a linear projection."""
+    blocks = []
+    d_in = input_dim
+    for i, width in enumerate(widths):
+        shortcut = None
+        if d_in != width:
+            shortcut = (lambda a, b: lambda: nn.Linear(a, b, bias=False))(d_in, width)
+        blocks.append(
+            BlockSpec(
+                name=f"fc{i}",
+                make=(lambda a, b: lambda: MLPBlock(a, b, norm))(d_in, width),
+                in_shape=(d_in,),
+                out_shape=(width,),
+                make_shortcut=shortcut,
+                fusable=True,
+            )
+        )
+        d_in = width
+    return Backbone(f"mlp{'-'.join(map(str, widths))}", (input_dim,), blocks, _vector_head(d_in))
+
+
+# ----------------------------------------------------------------------- CNN
+class ConvStem(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class ResidualBlock(nn.Module):
+    """The ResNet basic block: two 3x3 convolutions and a (projected) identity path."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.project = _projection(c_in, c_out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.project(x))
+
+
+def _projection(c_in: int, c_out: int, stride: int) -> nn.Module:
+    if c_in == c_out and stride == 1:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+def _spatial_head(c: int) -> Callable[[TaskSpec], nn.Module]:
+    return lambda task: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, task.n_outputs))
+
+
+def rescnn_backbone(
+    in_channels: int,
+    image_size: int,
+    channels: Sequence[int] = (32, 64, 128, 256),
+    strides: Sequence[int] | None = None,
+) -> Backbone:
+    """A small residual CNN: a conv stem, then one residual block per later entry.
+
+    Block 0 is the stem (its skip is a 1x1 projection); each later block halves
+    the resolution by default (``strides`` overrides it).
+    """
+    if strides is None:
+        strides = [1] + [2] * (len(channels) - 1)
+    if len(strides) != len(channels):
+        raise ValueError(f"give one stride per block: {len(channels)} channels, {len(strides)} strides")
+    blocks = []
+    size = image_size
+    c_prev = in_channels
+    for i, (c, s) in enumerate(zip(channels, strides, strict=True)):
+        out_size = (size + s - 1) // s if i > 0 else size
+        if i == 0:
+            make = (lambda a, b: lambda: ConvStem(a, b))(c_prev, c)
+            shortcut = (lambda a, b: lambda: _projection(a, b, 1))(c_prev, c)
+        else:
+            make = (lambda a, b, st: lambda: ResidualBlock(a, b, st))(c_prev, c, s)
+            shortcut = (
+                None if (c_prev == c and s == 1) else (lambda a, b, st: lambda: _projection(a, b, st))(c_prev, c, s)
+            )
+        blocks.append(
+            BlockSpec(
+                name=f"conv{i}" if i == 0 else f"res{i}",
+                make=make,
+                in_shape=(c_prev, size, size),
+                out_shape=(c, out_size, out_size),
+                make_shortcut=shortcut,
+            )
+        )
+        c_prev, size = c, out_size
+    return Backbone(
+        f"rescnn{'-'.join(map(str, channels))}",
+        (in_channels, image_size, image_size),
+        blocks,
+        _spatial_head(c_prev),
+        convolutional=True,
+    )

@@ -1,0 +1,181 @@
+"""A Benchmark: tasks, splits, input shape, default backbone and training protocol.
+
+Splits are held in memory as tensors (inputs may be a uint8 image cache, made
+float by ``input_transform`` on the training device per batch), so an epoch is
+bound by the model, not by file decoding. Selection and early stopping use the
+``val`` split; ``test`` is only ever evaluated, never selected on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from branchbench.core.backbones import Backbone
+from branchbench.core.tasks import TaskSpec
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Inputs and per-task targets of one split, aligned on the first dimension."""
+
+    x: torch.Tensor
+    y: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        for task, target in self.y.items():
+            if target.shape[0] != n:
+                raise ValueError(f"task {task!r} has {target.shape[0]} targets for {n} inputs")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.x[index], {t: v[index] for t, v in self.y.items()})
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), {t: v.to(device) for t, v in self.y.items()})
+
+
+@dataclass
+class Protocol:
+    """How every network of a benchmark is trained (search supernets and retraining).
+
+    ``early_stopping`` is a patience in epochs on the validation loss (0 = off);
+    the weights of the best validation epoch are kept. ``max_seconds`` stops a
+    run's training early (not a failure). ``threads`` pins torch's CPU threads
+    so results do not depend on how many cells run at once.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    early_stopping: int = 0
+    max_seconds: float | None = None
+    threads: int = 1
+    amp: str = "auto"
+    divergence_factor: float = 1e3
+
+    OPTIMIZERS = ("adam", "adamw", "sgd")
+    SCHEDULES = ("constant", "cosine", "step")
+    AMP = ("auto", "bf16", "off")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.optimizer in self.OPTIMIZERS, "optimizer", f"one of {self.OPTIMIZERS}"),
+            (self.lr > 0, "lr", "a positive number"),
+            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (self.lr_schedule in self.SCHEDULES, "lr_schedule", f"one of {self.SCHEDULES}"),
+            (self.early_stopping >= 0, "early_stopping", "a patience in epochs >= 0 (0 = off)"),
+            (self.max_seconds is None or self.max_seconds > 0, "max_seconds", "a positive number or none"),
+            (self.threads >= 1, "threads", "an integer >= 1"),
+            (self.amp in self.AMP, "amp", f"one of {self.AMP}"),
+            (self.divergence_factor > 1, "divergence_factor", "a number > 1"),
+        ]
+        for ok, key, allowed in checks:
+            if not ok:
+                raise ValueError(f"protocol.{key} = {getattr(self, key)!r} is invalid; use {allowed}")
+
+    def replace(self, **changes: Any) -> Protocol:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"unknown protocol key(s) {unknown}; known keys are "
+                f"{sorted(f.name for f in dataclasses.fields(self))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Benchmark:
+    """Everything a method and the trainer need to know about a dataset.
+
+    ``groups`` is the known task grouping (task -> group id) on data that has
+    one, e.g. the synthetic data; grouping recovery is scored against it.
+    """
+
+    name: str
+    tasks: list[TaskSpec]
+    splits: dict[str, Split]
+    backbone: Backbone
+    protocol: Protocol = field(default_factory=Protocol)
+    groups: dict[str, int] | None = None
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"benchmark {self.name!r} lacks split(s) {missing}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark {self.name!r}: task names repeat in {names}")
+        for split_name, split in self.splits.items():
+            absent = sorted(set(names) - set(split.y))
+            if absent:
+                raise ValueError(f"benchmark {self.name!r}: split {split_name!r} lacks targets for {absent}")
+        if self.groups is not None and set(self.groups) != set(names):
+            raise ValueError(f"benchmark {self.name!r}: known groups must name every task exactly")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(f"benchmark {self.name!r} has no task {name!r}; its tasks are {self.task_names}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.splits["train"].x.shape[1:])
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs as the network takes them (e.g. uint8 cache -> normalised float)."""
+        return self.input_transform(x) if self.input_transform is not None else x.float()
+
+    def true_partition(self) -> list[frozenset[str]] | None:
+        if self.groups is None:
+            return None
+        by_group: dict[int, set[str]] = {}
+        for task in self.task_names:
+            by_group.setdefault(self.groups[task], set()).add(task)
+        return [frozenset(g) for g in by_group.values()]
+
+    def with_tasks(self, names: list[str]) -> Benchmark:
+        """The same data restricted to some tasks (e.g. a single-task network)."""
+        keep = [self.task(n) for n in names]
+        splits = {k: Split(s.x, {n: s.y[n] for n in names}) for k, s in self.splits.items()}
+        groups = {n: self.groups[n] for n in names} if self.groups else None
+        return dataclasses.replace(self, tasks=keep, splits=splits, groups=groups)
+
+    def fingerprint(self) -> str:
+        """A short hash of the data itself (inputs and targets of every split)."""
+        digest = hashlib.sha256()
+        for split_name in SPLITS:
+            split = self.splits[split_name]
+            digest.update(split_name.encode())
+            digest.update(split.x.contiguous().cpu().numpy().tobytes())
+            for task in self.task_names:
+                digest.update(task.encode())
+                digest.update(split.y[task].contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
