@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from branchbench.core.benchmark import Benchmark
+from branchbench.core.benchmark import Benchmark, Protocol
 from branchbench.core.method import Option, resolve_options
 
 
@@ -26,6 +26,10 @@ class Dataset:
 
     def load(self) -> Benchmark:
         raise NotImplementedError
+
+    def protocol(self) -> Protocol:
+        """The training protocol of this benchmark. Override when loading is slow."""
+        return self.load().protocol
 
     def get_params(self) -> dict[str, Any]:
         return dict(self.params)

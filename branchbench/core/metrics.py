@@ -1,0 +1,109 @@
+"""Scores: per-task metrics, the multi-task gain Δm, grouping recovery, latency.
+
+Δm (Maninis et al., CVPR 2019; Vandenhende et al.) is the mean over tasks of
+the relative change of each task's main metric against the independent
+networks, signed so that positive is better:
+
+    Δm = 100/T * sum_t (-1)^{l_t} (M_t - M_t^ind) / M_t^ind
+
+with l_t = 1 when a lower value of the metric is better.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
+
+from branchbench.core.plan import Plan
+from branchbench.core.tasks import TaskSpec
+
+
+def score_predictions(
+    tasks: Sequence[TaskSpec], predictions: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """Flat metrics ``"<task>.<metric>"`` plus ``"mean.<main metric kind>"`` summaries."""
+    out: dict[str, float] = {}
+    for task in tasks:
+        for name, value in task.score(predictions[task.name], targets[task.name]).items():
+            out[f"{task.name}.{name}"] = value
+    return out
+
+
+def main_metrics(tasks: Sequence[TaskSpec], metrics: Mapping[str, float]) -> dict[str, float]:
+    return {t.name: metrics[f"{t.name}.{t.main_metric.name}"] for t in tasks}
+
+
+def delta_m(
+    tasks: Sequence[TaskSpec], metrics: Mapping[str, float], reference: Mapping[str, float]
+) -> float:
+    """Mean signed relative gain (in %) of each task's main metric over the reference's."""
+    gains = []
+    for task in tasks:
+        key = f"{task.name}.{task.main_metric.name}"
+        ref = reference[key]
+        if ref == 0:
+            raise ZeroDivisionError(f"reference {key} is 0; Δm is undefined for this metric")
+        sign = 1.0 if task.main_metric.higher_is_better else -1.0
+        gains.append(sign * (metrics[key] - ref) / abs(ref))
+    return 100.0 * sum(gains) / len(gains)
+
+
+def grouping_scores(plan: Plan, truth: Sequence[frozenset[str]]) -> dict[str, float]:
+    """Per block: the adjusted Rand index of the plan's partition against the truth.
+
+    ``recovered`` is 1.0 when some block's partition equals the true grouping and
+    every deeper block's partition refines it (DESIGN.md).
+    """
+    truth_label = {task: i for i, group in enumerate(truth) for task in group}
+    order = list(plan.tasks)
+    y_true = [truth_label[t] for t in order]
+    truth_set = {frozenset(g) for g in truth}
+    out: dict[str, float] = {}
+    recovered_at = None
+    for level, block in enumerate(plan.blocks):
+        partition = plan.partition(level)
+        label = {task: i for i, group in enumerate(partition) for task in group}
+        out[f"ari.{block}"] = float(adjusted_rand_score(y_true, [label[t] for t in order]))
+        if recovered_at is None and set(partition) == truth_set:
+            deeper_refine = all(
+                _refines(plan.partition(deeper), truth_set) for deeper in range(level, plan.n_blocks)
+            )
+            if deeper_refine:
+                recovered_at = level
+    out["recovered"] = 1.0 if recovered_at is not None else 0.0
+    out["recovered_block"] = float(recovered_at) if recovered_at is not None else -1.0
+    return out
+
+
+def _refines(partition: Sequence[frozenset[str]], coarse: set[frozenset[str]]) -> bool:
+    return all(any(group <= c for c in coarse) for group in partition)
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    repeats: int = 20,
+    warmup: int = 3,
+    amp: bool = False,
+) -> float:
+    """Median milliseconds of one forward pass on ``example`` (its batch size)."""
+    model.eval()
+    device = example.device
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(example)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(1000.0 * (time.perf_counter() - start))
+    return float(statistics.median(times))

@@ -1,0 +1,65 @@
+"""Retraining a plan and scoring it: the same code for every method's found architecture."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from branchbench.core.benchmark import Benchmark
+from branchbench.core.metrics import score_predictions
+from branchbench.core.net import BranchedNet
+from branchbench.core.plan import Plan
+from branchbench.core.trainer import FitResult, Trainer
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Retrained:
+    net: BranchedNet
+    fit: FitResult
+    metrics: dict[str, float]  # "val.<task>.<metric>" and "test.<task>.<metric>"
+
+
+def build_net(bench: Benchmark, plan: Plan, seed: int) -> BranchedNet:
+    """A freshly initialised BranchedNet; the seed fixes its initial weights."""
+    seed_everything(seed)
+    return BranchedNet(plan, bench.backbone, bench.tasks)
+
+
+def evaluate_net(trainer: Trainer, net: torch.nn.Module, bench: Benchmark, splits=("val", "test")) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for split in splits:
+        predictions = trainer.predict(net, bench, bench.splits[split])
+        for key, value in score_predictions(bench.tasks, predictions, bench.splits[split].y).items():
+            out[f"{split}.{key}"] = value
+    return out
+
+
+def retrain(
+    bench: Benchmark,
+    plan: Plan,
+    trainer: Trainer,
+    seed: int,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> Retrained:
+    """Train ``plan`` from scratch (or from ``init_state``), select on val, score val and test."""
+    net = build_net(bench, plan, seed)
+    if init_state is not None:
+        missing, unexpected = net.load_state_dict(init_state, strict=False)
+        if missing:
+            raise ValueError(
+                f"fine-tuning state lacks {len(missing)} weights of the plan's network, e.g. {missing[:3]}; "
+                "the search result's init_state must use BranchedNet's state_dict layout"
+            )
+        del unexpected
+    fit = trainer.fit(net, bench)
+    return Retrained(net=net, fit=fit, metrics=evaluate_net(trainer, net, bench))

@@ -1,0 +1,440 @@
+"""The one training loop: retraining every plan, and every search's supernet.
+
+Searches do not write loops of their own; they train *through* this one via
+:class:`Hook` s and :class:`ExtraOptimizer` s:
+
+* an extra optimiser (e.g. for branching logits) with its own learning rate,
+  stepped on batches from a held-out part of the training split (the
+  ``holdout_fraction``), alternating with the weight steps, after a warm-up;
+* per-step and per-epoch callbacks (temperature annealing, curricula,
+  logging branching probabilities);
+* a custom loss (e.g. DMTG's assignment-weighted head losses, AdaShare's
+  sparsity and sharing terms).
+
+What every run gets: bf16 autocast and GPU-resident data on CUDA (bf16 also on
+CPU when asked, for tests), channels_last for convolutional backbones on CUDA,
+early stopping on the validation loss (the best-val weights are kept; test is
+never looked at), checkpoints after every epoch so a resumed run ends exactly
+like an uninterrupted one, NaN/divergence detection that fails the run with its
+reason, and an optional time limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import torch
+from torch import nn
+
+from branchbench.core.benchmark import Benchmark, Protocol, Split
+from branchbench.core.tasks import multitask_loss
+
+LossFn = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(model, prepared inputs, targets) -> (total loss, per-task losses for curves)."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite or exploding loss; the run fails with this reason."""
+
+
+class Checkpointer(TypingProtocol):
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class MemoryCheckpointer:
+    """Keeps the last checkpoint in memory (tests, and contexts without storage)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        return copy.deepcopy(self.state)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.state = copy.deepcopy(state)
+
+
+@dataclass
+class ExtraOptimizer:
+    """A second optimiser over some of the model's parameters (e.g. architecture logits).
+
+    Its parameters are excluded from the weight optimiser. From ``start_epoch``
+    on (a warm-up before), one extra step follows every ``every`` weight steps,
+    on the next batch of ``data``: ``"holdout"`` (the held-out part of the
+    training split; needs ``holdout_fraction > 0``) or ``"train"``.
+    """
+
+    name: str
+    params: Sequence[nn.Parameter]
+    make_optimizer: Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
+    loss_fn: LossFn | None = None
+    every: int = 1
+    start_epoch: int = 0
+    data: str = "holdout"
+
+    def __post_init__(self) -> None:
+        if self.data not in ("holdout", "train"):
+            raise ValueError(f"extra optimiser {self.name!r}: data must be 'holdout' or 'train'")
+        if self.every < 1:
+            raise ValueError(f"extra optimiser {self.name!r}: every must be >= 1")
+
+
+class Hook:
+    """Callbacks into the loop; override any. ``state_dict`` makes a hook resumable."""
+
+    def on_fit_start(self, fit: FitState) -> None: ...
+
+    def on_epoch_start(self, fit: FitState) -> None: ...
+
+    def on_step_start(self, fit: FitState, phase: str) -> None: ...
+
+    def on_step_end(self, fit: FitState, phase: str, loss: float) -> None: ...
+
+    def on_epoch_end(self, fit: FitState, logs: dict[str, float]) -> None:
+        """May add entries to ``logs``; they are logged as this epoch's curves."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitState:
+    """What hooks can read (and a few things they may set) during a fit."""
+
+    model: nn.Module
+    epoch: int = 0
+    step: int = 0
+    epochs: int = 0
+    steps_per_epoch: int = 0
+    stop: bool = False  # a hook may end training after this epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned training done, in [0, 1]."""
+        total = max(1, self.epochs * self.steps_per_epoch)
+        return min(1.0, self.step / total)
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    seconds: float
+    stopped: str  # "completed", "early_stopping", "time_limit", "hook"
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_amp(amp: str, device: torch.device) -> bool:
+    """bf16 autocast on: 'bf16' always, 'auto' only on CUDA, 'off' never."""
+    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+
+
+def default_loss(tasks) -> LossFn:
+    def loss(model: nn.Module, x: torch.Tensor, y: dict[str, torch.Tensor]):
+        return multitask_loss(tasks, model(x), y)
+
+    return loss
+
+
+class Trainer:
+    """Fits a model that maps inputs to ``{task: prediction}`` on a Benchmark."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        log: Callable[[Mapping[str, float], int], None] | None = None,
+        checkpointer: Checkpointer | None = None,
+        progress: Callable[[int, str], Any] | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.protocol = protocol
+        self.device = torch.device(device)
+        self.seed = seed
+        self.log = log
+        self.checkpointer = checkpointer
+        self.progress = progress
+        self.prefix = prefix
+        self.amp = resolve_amp(protocol.amp, self.device)
+
+    # ------------------------------------------------------------------ data
+    def _batches(self, split: Split, epoch: int, salt: int, shuffle: bool = True) -> Iterator[tuple]:
+        n = len(split)
+        if shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + salt)
+            order = torch.randperm(n, generator=gen).to(split.x.device)
+        else:
+            order = torch.arange(n, device=split.x.device)
+        size = self.protocol.batch_size
+        for start in range(0, n, size):
+            index = order[start : start + size]
+            yield split.x[index], {t: v[index] for t, v in split.y.items()}
+
+    def _holdout_split(self, train: Split, fraction: float) -> tuple[Split, Split | None]:
+        if fraction <= 0:
+            return train, None
+        n = len(train)
+        n_hold = int(round(n * fraction))
+        if not 0 < n_hold < n:
+            raise ValueError(f"holdout_fraction={fraction} leaves no data on one side of {n} samples")
+        gen = torch.Generator().manual_seed(self.seed + 424242)
+        order = torch.randperm(n, generator=gen).to(train.x.device)
+        return train.subset(order[n_hold:]), train.subset(order[:n_hold])
+
+    def _input(self, bench: Benchmark, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        x = bench.prepare(x)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # ------------------------------------------------------------- optimiser
+    def _make_optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        p = self.protocol
+        if p.optimizer == "adam":
+            return torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+        if p.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
+
+    def _make_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int):
+        kind = self.protocol.lr_schedule
+        if kind == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+        if kind == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 3), gamma=0.1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+    # ------------------------------------------------------------------- fit
+    def fit(
+        self,
+        model: nn.Module,
+        bench: Benchmark,
+        *,
+        loss_fn: LossFn | None = None,
+        val_loss_fn: LossFn | None = None,
+        hooks: Sequence[Hook] = (),
+        extra: Sequence[ExtraOptimizer] = (),
+        holdout_fraction: float = 0.0,
+        early_stopping: bool = True,
+    ) -> FitResult:
+        """Train ``model`` on the train split, select on val; returns the fit's record.
+
+        At the end the model holds the weights of its best validation epoch.
+        """
+        p = self.protocol
+        start_time = time.perf_counter()
+        loss_fn = loss_fn or default_loss(bench.tasks)
+        val_loss_fn = val_loss_fn or loss_fn
+        channels_last = self.device.type == "cuda" and getattr(getattr(model, "backbone", None), "convolutional", False)
+        model.to(self.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
+        train, holdout = self._holdout_split(bench.splits["train"].to(self.device), holdout_fraction)
+        val = bench.splits["val"].to(self.device)
+        if any(e.data == "holdout" for e in extra) and holdout is None:
+            raise ValueError("an extra optimiser trains on the holdout split; give holdout_fraction > 0")
+
+        claimed = {id(q) for e in extra for q in e.params}
+        weights = [q for q in model.parameters() if q.requires_grad and id(q) not in claimed]
+        optimizer = self._make_optimizer(weights)
+        steps_per_epoch = math.ceil(len(train) / p.batch_size)
+        schedule = self._make_schedule(optimizer, p.epochs * steps_per_epoch)
+        extra_opts = [e.make_optimizer(list(e.params)) for e in extra]
+
+        fit = FitState(model=model, epochs=p.epochs, steps_per_epoch=steps_per_epoch)
+        best_val, best_epoch, bad_epochs = math.inf, -1, 0
+        best_state: dict[str, torch.Tensor] | None = None
+        history: list[dict[str, float]] = []
+        reference_loss: float | None = None
+        elapsed_before = 0.0
+        stopped = "completed"
+
+        saved = self.checkpointer.load() if self.checkpointer is not None else None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            for opt, state in zip(extra_opts, saved["extra"], strict=True):
+                opt.load_state_dict(state)
+            for hook, state in zip(hooks, saved["hooks"], strict=True):
+                hook.load_state_dict(state)
+            torch.set_rng_state(saved["rng_cpu"])
+            if torch.cuda.is_available() and saved.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state_all(saved["rng_cuda"])
+            fit.epoch, fit.step = saved["epoch"], saved["step"]
+            best_val, best_epoch, bad_epochs = saved["best_val"], saved["best_epoch"], saved["bad_epochs"]
+            best_state, history = saved["best_state"], saved["history"]
+            reference_loss, elapsed_before = saved["reference_loss"], saved["elapsed"]
+            stopped = saved.get("stopped", "completed")
+        else:
+            for hook in hooks:
+                hook.on_fit_start(fit)
+
+        bar = self.progress(p.epochs, f"{self.prefix or 'train'}") if self.progress else None
+        if bar is not None and fit.epoch:
+            bar.update(fit.epoch)
+        while fit.epoch < p.epochs and stopped == "completed":
+            epoch_start = time.perf_counter()
+            model.train()
+            for hook in hooks:
+                hook.on_epoch_start(fit)
+            active = [(e, o) for e, o in zip(extra, extra_opts, strict=True) if fit.epoch >= e.start_epoch]
+            extra_iters = {
+                e.name: self._cycle(holdout if e.data == "holdout" else train, fit.epoch, salt=i + 1)
+                for i, (e, _) in enumerate(active)
+            }
+            total, count = 0.0, 0
+            for x, y in self._batches(train, fit.epoch, salt=0):
+                for hook in hooks:
+                    hook.on_step_start(fit, "weights")
+                loss = self._step(model, bench, x, y, loss_fn, optimizer, channels_last)
+                schedule.step()
+                self._check_finite(loss, fit)
+                total, count = total + loss, count + 1
+                for hook in hooks:
+                    hook.on_step_end(fit, "weights", loss)
+                for e, opt in active:
+                    if (fit.step + 1) % e.every == 0:
+                        xb, yb = next(extra_iters[e.name])
+                        for hook in hooks:
+                            hook.on_step_start(fit, e.name)
+                        extra_loss = self._step(model, bench, xb, yb, e.loss_fn or loss_fn, opt, channels_last)
+                        self._check_finite(extra_loss, fit, e.name)
+                        for hook in hooks:
+                            hook.on_step_end(fit, e.name, extra_loss)
+                fit.step += 1
+            train_loss = total / max(1, count)
+            if reference_loss is None:
+                reference_loss = train_loss
+            elif train_loss > p.divergence_factor * max(reference_loss, 1e-8):
+                raise DivergenceError(
+                    f"training loss {train_loss:.4g} at epoch {fit.epoch} exceeds "
+                    f"{p.divergence_factor:g}x the first epoch's {reference_loss:.4g}: the run diverged; "
+                    "lower the learning rate"
+                )
+            val_loss, val_tasks = self.evaluate_loss(model, bench, val, val_loss_fn, channels_last)
+            if not math.isfinite(val_loss):
+                raise DivergenceError(f"validation loss is {val_loss} at epoch {fit.epoch}: the run diverged")
+            logs = {"train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]}
+            logs.update({f"val_loss.{t}": v for t, v in val_tasks.items()})
+            for hook in hooks:
+                hook.on_epoch_end(fit, logs)
+            logs["epoch_seconds"] = time.perf_counter() - epoch_start
+            history.append({"epoch": fit.epoch, **logs})
+            if self.log is not None:
+                self.log({f"{self.prefix}{k}": v for k, v in logs.items()}, fit.epoch)
+
+            if val_loss < best_val - 1e-12:
+                best_val, best_epoch, bad_epochs = val_loss, fit.epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            fit.epoch += 1
+            if bar is not None:
+                bar.update(1)
+            if early_stopping and p.early_stopping and bad_epochs >= p.early_stopping:
+                stopped = "early_stopping"
+            elif p.max_seconds is not None and elapsed_before + time.perf_counter() - start_time > p.max_seconds:
+                stopped = "time_limit"
+            elif fit.stop:
+                stopped = "hook"
+            if self.checkpointer is not None:
+                self.checkpointer.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "extra": [o.state_dict() for o in extra_opts],
+                        "hooks": [h.state_dict() for h in hooks],
+                        "rng_cpu": torch.get_rng_state(),
+                        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                        "epoch": fit.epoch,
+                        "step": fit.step,
+                        "best_val": best_val,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs,
+                        "best_state": best_state,
+                        "history": history,
+                        "reference_loss": reference_loss,
+                        "elapsed": elapsed_before + time.perf_counter() - start_time,
+                        "stopped": stopped,
+                    }
+                )
+        if bar is not None:
+            bar.close()
+        if early_stopping and best_state is not None:
+            model.load_state_dict(best_state)
+        return FitResult(
+            epochs_run=fit.epoch,
+            best_epoch=best_epoch,
+            best_val_loss=best_val,
+            seconds=elapsed_before + time.perf_counter() - start_time,
+            stopped=stopped,
+            history=history,
+        )
+
+    def _cycle(self, split: Split, epoch: int, salt: int) -> Iterator[tuple]:
+        rounds = 0
+        while True:
+            yield from self._batches(split, epoch * 1000 + rounds, salt=salt)
+            rounds += 1
+
+    def _step(self, model, bench, x, y, loss_fn, optimizer, channels_last) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss, _ = loss_fn(model, self._input(bench, x, channels_last), y)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    @staticmethod
+    def _check_finite(loss: float, fit: FitState, phase: str = "weights") -> None:
+        if not math.isfinite(loss):
+            raise DivergenceError(
+                f"loss became {loss} at epoch {fit.epoch}, step {fit.step} ({phase} phase): "
+                "the run diverged; lower the learning rate or check the data for NaNs"
+            )
+
+    @torch.no_grad()
+    def evaluate_loss(self, model, bench, split, loss_fn, channels_last=False) -> tuple[float, dict[str, float]]:
+        """Mean loss over a split (batch-size weighted), and per-task losses."""
+        model.eval()
+        total, per_task, n = 0.0, {}, 0
+        for x, y in self._batches(split, 0, 0, shuffle=False):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss, parts = loss_fn(model, self._input(bench, x, channels_last), y)
+            b = x.shape[0]
+            total += float(loss) * b
+            for t, v in parts.items():
+                per_task[t] = per_task.get(t, 0.0) + float(v) * b
+            n += b
+        model.train()
+        return total / n, {t: v / n for t, v in per_task.items()}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, bench: Benchmark, split: Split) -> dict[str, torch.Tensor]:
+        """Predictions ``{task: tensor}`` over a whole split, on the CPU in float32."""
+        model.eval()
+        model.to(self.device)
+        split = split.to(self.device)
+        out: dict[str, list[torch.Tensor]] = {}
+        for x, _ in self._batches(split, 0, 0, shuffle=False):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                pred = model(self._input(bench, x, False))
+            for t, v in pred.items():
+                out.setdefault(t, []).append(v.float().cpu())
+        return {t: torch.cat(v) for t, v in out.items()}

@@ -1,0 +1,216 @@
+"""The one place that talks to MLflow.
+
+The default store is a SQLite file under the working directory
+(``sqlite:////abs/path/mlruns.db``) with artifacts beside it in
+``mlartifacts/``; ``MLFLOW_TRACKING_URI`` or an explicit URI (a tracking
+server, another database) overrides it. Everything goes through an explicit
+``MlflowClient`` and run ids, never the fluent active-run stack, so a cell can
+start a reference run while its own is open, and worker processes do not share
+hidden state.
+
+Tags written by branchbench are prefixed ``bb.``; the cell's config hash
+(``bb.config_hash``) identifies a cell for resume and reuse.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+# MLflow's artifact progress bars would interleave with ours on every reference load
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+DEFAULT_EXPERIMENT = "branchbench"
+DB_NAME = "mlruns.db"
+ARTIFACT_DIR = "mlartifacts"
+MAX_PARAM_CHARS = 6000
+
+
+def default_uri(directory: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in ``directory`` (default: cwd)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and directory is None:
+        return env
+    root = Path(directory or os.getcwd()).resolve()
+    return f"sqlite:///{root / DB_NAME}"
+
+
+def local_root(uri: str) -> Path:
+    """A local folder beside the store for artifacts and checkpoints."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).resolve().parent
+    if uri.startswith("file:"):
+        return Path(uri[len("file:") :].lstrip("/")).resolve().parent
+    return Path(os.getcwd()).resolve()
+
+
+class Tracking:
+    """A handle on one MLflow store and experiment."""
+
+    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        self.uri = uri or default_uri()
+        self.root = local_root(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._experiment(experiment)
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (self.root / ARTIFACT_DIR).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # another process created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.root / "bb-checkpoints"
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> str:
+        all_tags = {k: str(v) for k, v in tags.items()}
+        if parent_id is not None:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason is not None:
+            self.client.set_tag(run_id, "bb.failure", reason[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start : start + 1000])
+
+    # ------------------------------------------------------------- artifacts
+    def log_object(self, run_id: str, name: str, obj: Any) -> None:
+        """Log a figure (.png), a DataFrame (.csv), text, or JSON-able data under ``name``."""
+        from matplotlib.figure import Figure
+
+        if isinstance(obj, Figure):
+            self.client.log_figure(run_id, obj, name)
+            import matplotlib.pyplot as plt
+
+            plt.close(obj)
+        elif isinstance(obj, pd.DataFrame):
+            self.client.log_text(run_id, obj.to_csv(index=True), name)
+        elif isinstance(obj, str):
+            self.client.log_text(run_id, obj, name)
+        else:
+            self.client.log_text(run_id, json.dumps(obj, indent=1, default=_json_default), name)
+
+    def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_dir)
+
+    def log_state_dict(self, run_id: str, state: Mapping[str, torch.Tensor], name: str = "model/weights.pt") -> None:
+        folder, _, filename = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / filename
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, path)
+            self.client.log_artifact(run_id, str(path), folder or None)
+
+    def load_state_dict(self, run_id: str, name: str = "model/weights.pt") -> dict[str, torch.Tensor]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, name, tmp)
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def load_text(self, run_id: str, name: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, name, tmp)
+            return Path(path).read_text()
+
+    def load_json(self, run_id: str, name: str) -> Any:
+        return json.loads(self.load_text(run_id, name))
+
+    def load_csv(self, run_id: str, name: str) -> pd.DataFrame:
+        return pd.read_csv(io.StringIO(self.load_text(run_id, name)), index_col=0)
+
+    # --------------------------------------------------------------- queries
+    def search(self, filter_string: str = "", max_results: int = 50_000) -> pd.DataFrame:
+        """Runs of this experiment as a pandas frame (``mlflow.search_runs`` columns)."""
+        import mlflow
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            return mlflow.search_runs(
+                experiment_ids=[self.experiment_id], filter_string=filter_string, max_results=max_results
+            )
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+    def runs(self, filter_string: str) -> list:
+        """Matching runs (``mlflow.entities.Run``), newest first."""
+        out, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string, max_results=1000, page_token=token,
+                order_by=["attributes.start_time DESC"],
+            )
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def finished_run(self, config_hash: str):
+        """The FINISHED run of a cell, or None."""
+        found = self.runs(f"tags.`bb.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'")
+        return found[0] if found else None
+
+    def runs_of_cell(self, config_hash: str, statuses: Iterable[str] | None = None) -> list:
+        runs = self.runs(f"tags.`bb.config_hash` = '{config_hash}'")
+        if statuses is not None:
+            keep = set(statuses)
+            runs = [r for r in runs if r.info.status in keep]
+        return runs
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+
+def is_terminal(status: str) -> bool:
+    return RunStatus.is_terminated(RunStatus.from_string(status))
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=_json_default)
+    return text[:MAX_PARAM_CHARS]
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
