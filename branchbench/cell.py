@@ -101,6 +101,11 @@ def resolve(config: CellConfig) -> ResolvedCell:
     dataset = create_dataset(config.dataset, **config.dataset_options)
     method_cls = get_method_class(config.method)
     method_cls(**config.method_options)  # validates the options now, not mid-run
+    if "needs_groups" in method_cls.tags and not dataset.has_groups:
+        raise CellError(
+            f"method {config.method!r} needs data with a known task grouping; dataset "
+            f"{config.dataset!r} has none. Choose a dataset with known groups (e.g. synthetic)."
+        )
     try:
         protocol = dataset.protocol()
     except (OSError, ValueError, KeyError) as err:
