@@ -39,8 +39,6 @@ BUILTIN_DATASETS = {
     "synthetic": "branchbench.datasets.synthetic:Synthetic",
     "digits": "branchbench.datasets.digits:Digits",
     "npz": "branchbench.datasets.npz:NpzDataset",
-    "celeba": "branchbench.datasets.celeba:CelebA",
-    "taskonomy": "branchbench.datasets.taskonomy:Taskonomy",
 }
 
 
