@@ -1,0 +1,425 @@
+"""Learn-to-Branch (Guo, Lee & Ulbricht, ICML 2020): a differentiable tree of nodes.
+
+The supernet has, at block ``l`` of the backbone, ``K_l`` nodes (sets of that
+block's weights); the last block has one node per task, each feeding that
+task's head. Every node at block ``l+1`` (a *child*) has learnable logits
+``theta`` over the ``K_l`` nodes of block ``l`` (its possible parents). Its input
+is the Gumbel-softmax-weighted sum of its parents' outputs,
+``x_child = sum_p d_p * Y_p`` with ``d ~ GumbelSoftmax(theta, tau)``, a
+differentiable stand-in for ``E_{d ~ p_theta}[d . Y]``. Weights and logits are
+trained end to end through the trainer (the logits by an
+:class:`~branchbench.core.trainer.ExtraOptimizer` with its own learning rate);
+the temperature is annealed. After search each child keeps its argmax parent
+(no noise); a task's path is read from its last-block node up to the root,
+giving a tree :class:`~branchbench.core.plan.Plan`; nodes no task reaches are
+dropped. The cell function retrains that plan from scratch.
+
+All ``K_l`` nodes of a fusable block run as one ``vmap`` over their stacked
+weights (the approach of :class:`~branchbench.core.net.BranchedNet`), so one
+search step evaluates ``sum_l K_l`` blocks; other blocks loop over their nodes.
+
+**Widths from the budget** (the rule): a tree read from the supernet uses at
+most ``K_l`` nodes at block ``l``, so ``sum_l K_l * P_l <= cap`` (``P_l`` the
+block's parameters) guarantees every derivable tree fits. Widths are filled
+from the deepest block up: ``K_{L-1} = T`` (one node per task), then each
+shallower ``K_l`` is the largest ``k <= K_{l+1}`` (and ``<= max_width``) that
+keeps the sum under the cap (a tree never uses more nodes above than below, so
+wider shallow blocks would be unusable). Uncapped, every ``K_l = min(T,
+max_width)``. If the cap cannot afford ``T`` last-block nodes, ``K_{L-1}`` is
+the largest affordable width and each task's head also gets logits over the
+last-block nodes (a generalisation; see below).
+
+Choices where the paper is silent or that we could not check against a public
+reference implementation (the authors released none we could find):
+
+* **Hard straight-through samples by default** (``hard=True``): the forward pass
+  then runs exactly one sampled tree per step, so the weights are trained in
+  the architectures the argmax will pick from, and the soft/hard gap at the end
+  of search is nil. Soft samples are an option.
+* **One sample per child per step**, shared by the batch (as in the paper's
+  formulation of one sampled tree per forward pass).
+* **Temperature**: exponential decay from ``tau_start`` to ``tau_end`` over the
+  search's steps after warm-up (``TemperatureSchedule``); during warm-up the
+  children average their parents uniformly (no logit updates, weights warm up).
+* **Logits initialised to zero** (uniform parents), Adam with ``logit_lr``.
+* **Logit data**: ``logit_data="train"`` by default, i.e. logits and weights
+  learn from the training data in alternating steps, as the paper trains both
+  end to end on one objective; ``"holdout"`` (a held-out part of the train
+  split, DARTS-style) is an option; see the study in ``scripts/ltb_study.py``
+  for why the default was kept.
+* The supernet is trained without early stopping, so the logits at the end of
+  search (not those of the best validation epoch) define the architecture; in
+  eval mode the supernet runs its argmax tree, so its validation loss curve is
+  that of the architecture it would return.
+* Diagnostics (not used by the search): when the benchmark knows the true
+  groups, the within-group minus between-group *co-sharing probability* per
+  block is logged (the exact probability that two tasks' sampled paths meet at
+  that block, by dynamic programming over the parent distributions).
+
+**Differences from the paper**: the paper's widths are hand-set per
+experiment; here they derive from the budget cap by the rule above, and at
+caps too small for one last-block node per task the heads choose among the
+last-block nodes with logits of their own. The paper's backbone blocks are
+convolutional layers; here any :class:`~branchbench.core.backbones.Backbone`.
+Search-time BatchNorm statistics of non-fusable blocks are shared across the
+sampled trees (each node keeps its own). The final network is retrained from
+scratch by the cell function (the suite's rule), where the paper fine-tunes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from branchbench.core.backbones import Backbone
+from branchbench.core.budget import BudgetError
+from branchbench.core.method import Method, Option, SearchResult
+from branchbench.core.plan import Plan
+from branchbench.core.tasks import TaskSpec
+from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
+from branchbench.methods._gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
+
+
+# --------------------------------------------------------------------- widths
+def derive_widths(block_params: Sequence[int], n_tasks: int, cap: float, max_width: int | None = None) -> list[int]:
+    """Per-block node counts ``K_l`` such that every tree the supernet yields fits under ``cap``.
+
+    >>> derive_widths([10, 10, 10], 4, cap=float("inf"))
+    [4, 4, 4]
+    >>> derive_widths([10, 10, 10], 4, cap=70)      # 10*K0 + 10*K1 + 10*4 <= 70
+    [1, 2, 4]
+    """
+    top = n_tasks if max_width is None else max(1, min(n_tasks, max_width))
+    n = len(block_params)
+    if sum(block_params) > cap:
+        raise BudgetError(f"the budget cap {cap:g} is below shared-bottom's {sum(block_params)} parameters")
+    widths = [1] * n
+    spare = cap - sum(block_params)
+    for level in range(n - 1, -1, -1):
+        ceiling = top if level == n - 1 else widths[level + 1]
+        affordable = spare // block_params[level] if block_params[level] else float("inf")
+        extra = int(min(ceiling - 1, affordable))
+        widths[level] += max(0, extra)
+        spare -= max(0, extra) * block_params[level]
+    return widths
+
+
+def parse_widths(text: str, n_blocks: int) -> list[int] | None:
+    """``"auto"`` -> None, else ``"1,3,9,9"`` -> ``[1, 3, 9, 9]`` (one positive int per block)."""
+    if text == "auto":
+        return None
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError as err:
+        raise ValueError(f"learn_to_branch: widths={text!r} is not 'auto' or comma-separated integers") from err
+    if len(widths) != n_blocks or min(widths) < 1:
+        raise ValueError(
+            f"learn_to_branch: widths={text!r} must give one positive width per block ({n_blocks} blocks)"
+        )
+    return widths
+
+
+# ------------------------------------------------------------------- supernet
+class BranchingSupernet(nn.Module):
+    """The tree-structured supernet: ``K_l`` nodes per block, Gumbel-softmax parent choice.
+
+    ``nodes.<l>.<k>`` are ordinary block modules (``BlockSpec.make``), fused per
+    block with vmap; ``logits[l-1]`` is ``(K_l, K_{l-1})`` (children x parents).
+    ``tau``, ``hard`` and ``uniform`` are set by the search's hook; ``noise``
+    (a list of tensors shaped like the logits) fixes the Gumbel noise for tests.
+    ``block_evals`` counts node evaluations (for the ``sum_l K_l`` check).
+    """
+
+    def __init__(self, backbone: Backbone, tasks: Sequence[TaskSpec], widths: Sequence[int]) -> None:
+        super().__init__()
+        if len(widths) != len(backbone.blocks):
+            raise ValueError(f"{len(widths)} widths for {len(backbone.blocks)} blocks; give one per block")
+        self.backbone = backbone
+        self.task_names = [t.name for t in tasks]
+        self.widths = list(widths)
+        self.nodes = nn.ModuleList(
+            nn.ModuleList(spec.make() for _ in range(k)) for spec, k in zip(backbone.blocks, widths, strict=True)
+        )
+        self.heads = nn.ModuleDict({t.name: backbone.make_head(t) for t in tasks})
+        self.logits = nn.ParameterList(
+            nn.Parameter(torch.zeros(widths[level], widths[level - 1])) for level in range(1, len(widths))
+        )
+        n_tasks = len(self.task_names)
+        # one last-block node per task (the paper); heads choose only when the cap forbids that
+        self.head_logits = nn.Parameter(torch.zeros(n_tasks, widths[-1])) if widths[-1] != n_tasks else None
+        self.tau = 1.0
+        self.hard = True
+        self.uniform = False
+        self.noise: list[Tensor] | None = None
+        self.block_evals = 0
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.logits) + ([self.head_logits] if self.head_logits is not None else [])
+
+    def all_logits(self) -> list[Tensor]:
+        """Logits per child level (blocks 1..L-1, then the heads' when they choose)."""
+        return [*self.logits, *([self.head_logits] if self.head_logits is not None else [])]
+
+    def probabilities(self) -> list[Tensor]:
+        """Branching probabilities ``softmax(theta)`` per child level, detached."""
+        return [torch.softmax(q.detach(), dim=-1) for q in self.all_logits()]
+
+    def _mixing(self, index: int, logits: Tensor) -> Tensor:
+        """Children x parents weights of one level: a Gumbel sample, or argmax in eval mode."""
+        if self.uniform and self.training:
+            return torch.full_like(logits, 1.0 / logits.shape[-1])
+        if not self.training:
+            return gumbel_softmax(logits, 1.0, noise=torch.zeros_like(logits), hard=True)
+        noise = self.noise[index] if self.noise is not None else None
+        return gumbel_softmax(logits, self.tau, noise=noise, hard=self.hard)
+
+    def _run_block(self, level: int, inputs: Tensor, shared: bool) -> Tensor:
+        """All ``K_l`` nodes of block ``level``: (K_l, B, ...) out; one vmap where fusable."""
+        nodes = self.nodes[level]
+        self.block_evals += len(nodes)
+        if self.backbone.blocks[level].fusable:
+            template = nodes[0]
+            names = [name for name, _ in template.named_parameters()]
+            per_node = [dict(m.named_parameters()) for m in nodes]
+            params = {name: torch.stack([p[name] for p in per_node]) for name in names}
+            return vmap(lambda p, inp: functional_call(template, p, (inp,)), in_dims=(0, None if shared else 0))(
+                params, inputs
+            )
+        return torch.stack([m(inputs if shared else inputs[k]) for k, m in enumerate(nodes)])
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = self._run_block(0, x, shared=True)
+        for level in range(1, len(self.widths)):
+            mix = self._mixing(level - 1, self.logits[level - 1]).to(out.dtype)
+            out = self._run_block(level, torch.einsum("cp,p...->c...", mix, out), shared=False)
+        if self.head_logits is not None:
+            mix = self._mixing(len(self.logits), self.head_logits).to(out.dtype)
+            out = torch.einsum("tp,p...->t...", mix, out)
+        return {task: self.heads[task](out[i]) for i, task in enumerate(self.task_names)}
+
+    # ----------------------------------------------------------- derivation
+    def paths(self) -> dict[str, list[int]]:
+        """Each task's supernet node per block under the argmax parents (no noise)."""
+        parents = [q.detach().argmax(dim=-1).tolist() for q in self.logits]
+        last = (
+            self.head_logits.detach().argmax(dim=-1).tolist()
+            if self.head_logits is not None
+            else list(range(len(self.task_names)))
+        )
+        out: dict[str, list[int]] = {}
+        for i, task in enumerate(self.task_names):
+            path = [last[i]]
+            for level in range(len(self.widths) - 1, 0, -1):
+                path.append(parents[level - 1][path[-1]])
+            out[task] = path[::-1]
+        return out
+
+    def derive(self) -> tuple[Plan, dict[str, Tensor]]:
+        """The argmax tree as a canonical Plan, and the chosen nodes' weights in BranchedNet's layout."""
+        paths = self.paths()
+        blocks = self.backbone.block_names
+        relabel: list[dict[int, int]] = [{} for _ in blocks]
+        nodes: dict[str, list[int]] = {}
+        for task in self.task_names:
+            nodes[task] = [relabel[level].setdefault(k, len(relabel[level])) for level, k in enumerate(paths[task])]
+        plan = Plan(self.task_names, blocks, nodes).require_tree()
+        state: dict[str, Tensor] = {}
+        for level, mapping in enumerate(relabel):
+            for old, new in mapping.items():
+                for name, value in self.nodes[level][old].state_dict().items():
+                    state[f"blocks.{level}.{new}.{name}"] = value.detach().cpu().clone()
+        for task, head in self.heads.items():
+            for name, value in head.state_dict().items():
+                state[f"heads.{task}.{name}"] = value.detach().cpu().clone()
+        return plan, state
+
+
+def coshare_probability(probs: Sequence[Tensor], widths: Sequence[int], a: int, b: int) -> list[float]:
+    """P(tasks ``a`` and ``b`` use the same node at each block) under independent parent choices.
+
+    ``probs`` are the (children x parents) probabilities per child level, the
+    heads' last when they choose. Dynamic programming over the joint node of the
+    two tasks, from the heads up: one child's parent is one draw, so two tasks
+    at the same node stay together above it.
+    """
+    n = len(widths)
+    levels = list(probs)
+    if len(levels) == n:  # heads choose among the last-block nodes
+        head = levels.pop()
+        joint = torch.outer(head[a], head[b])  # two heads choose independently
+    else:
+        joint = torch.zeros(widths[-1], widths[-1])
+        joint[a, b] = 1.0
+    out = [float(torch.trace(joint))]
+    for level in range(n - 1, 0, -1):
+        p = levels[level - 1]  # (K_level, K_{level-1})
+        diag = torch.diag(joint)
+        off = joint - torch.diag(diag)
+        joint = p.T @ off @ p + torch.diag(diag @ p)
+        out.append(float(torch.trace(joint)))
+    return out[::-1]
+
+
+def coshare_gap(probs: Sequence[Tensor], widths: Sequence[int], task_names: Sequence[str],
+                groups: dict[str, int]) -> list[float]:
+    """Per block: mean within-group minus mean between-group co-sharing probability."""
+    within: list[list[float]] = []
+    between: list[list[float]] = []
+    for i in range(len(task_names)):
+        for j in range(i + 1, len(task_names)):
+            values = coshare_probability(probs, widths, i, j)
+            (within if groups[task_names[i]] == groups[task_names[j]] else between).append(values)
+    mean = lambda rows, level: sum(r[level] for r in rows) / len(rows) if rows else 0.0  # noqa: E731
+    return [mean(within, level) - mean(between, level) for level in range(len(widths))]
+
+
+# ----------------------------------------------------------------------- hook
+class _BranchingHook(Hook):
+    """Anneals the temperature, switches warm-up off, and logs branching probabilities per epoch."""
+
+    def __init__(self, net: BranchingSupernet, schedule: TemperatureSchedule, warmup_epochs: int,
+                 groups: dict[str, int] | None, blocks: Sequence[str]) -> None:
+        self.net = net
+        self.schedule = schedule
+        self.warmup = warmup_epochs
+        self.groups = groups
+        self.blocks = list(blocks)
+        self.history: list[dict[str, float]] = []
+
+    def on_step_start(self, fit: FitState, phase: str) -> None:
+        total = max(1, (fit.epochs - self.warmup) * fit.steps_per_epoch)
+        done = fit.step - self.warmup * fit.steps_per_epoch
+        self.net.uniform = fit.epoch < self.warmup
+        self.net.tau = self.schedule(done / total)
+
+    def on_epoch_end(self, fit: FitState, logs: dict[str, float]) -> None:
+        row = branching_metrics(self.net, self.blocks, self.groups)
+        row["ltb/tau"] = self.net.tau
+        logs.update(row)
+        self.history.append({"epoch": fit.epoch, **row})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+
+
+def _child_level_names(blocks: Sequence[str], has_head_logits: bool) -> list[str]:
+    return list(blocks[1:]) + (["heads"] if has_head_logits else [])
+
+
+def branching_metrics(net: BranchingSupernet, blocks: Sequence[str], groups: dict[str, int] | None) -> dict[str, float]:
+    """Per child level: every p(parent | child), the smallest top-parent probability, and the co-sharing gap."""
+    probs = net.probabilities()
+    out: dict[str, float] = {}
+    for name, p in zip(_child_level_names(blocks, net.head_logits is not None), probs, strict=True):
+        for c in range(p.shape[0]):
+            for q in range(p.shape[1]):
+                out[f"ltb/p.{name}.n{c}.p{q}"] = float(p[c, q])
+        out[f"ltb/min_top_prob.{name}"] = float(p.max(dim=-1).values.min())
+    if groups is not None:
+        for block, gap in zip(blocks, coshare_gap(probs, net.widths, net.task_names, groups), strict=True):
+            out[f"ltb/coshare_gap.{block}"] = gap
+    return out
+
+
+# --------------------------------------------------------------------- method
+class LearnToBranch(Method):
+    """Learn-to-Branch: Gumbel-softmax parent choice in a tree supernet (see the module docstring)."""
+
+    name = "learn_to_branch"
+    budget_aware = True
+    tags = frozenset({"search", "stochastic"})
+    options = {
+        "widths": Option("auto", "'auto' (from the budget cap) or one node count per block, e.g. '1,3,9,9'"),
+        "max_width": Option(0, "largest K_l with widths='auto' (0 = number of tasks)", low=0),
+        "logit_lr": Option(0.01, "Adam learning rate of the branching logits", low=1e-6, high=10.0),
+        "logit_data": Option("train", "where logit steps draw batches", choices=("train", "holdout")),
+        "holdout_fraction": Option(0.2, "part of the train split held out when logit_data='holdout'",
+                                   low=0.05, high=0.5),
+        "hard": Option(True, "straight-through hard samples (True) or soft samples (False)"),
+        "tau_schedule": Option("exponential", "temperature schedule", choices=SCHEDULES),
+        "tau_start": Option(5.0, "temperature after warm-up", low=1e-3, high=1e3),
+        "tau_end": Option(0.1, "temperature at the end of search", low=1e-3, high=1e3),
+        "warmup_epochs": Option(5, "epochs of weight-only training with uniform parents", low=0),
+        "epochs": Option(0, "search epochs (0 = the benchmark protocol's)", low=0),
+    }
+
+    def widths_for(self, bench, budget) -> list[int]:
+        backbone = bench.backbone
+        given = parse_widths(self.params["widths"], len(backbone.blocks))
+        cap = budget.cap(backbone)
+        if given is None:
+            return derive_widths(backbone.block_params, len(bench.tasks), cap, self.params["max_width"] or None)
+        cost = sum(k * p for k, p in zip(given, backbone.block_params, strict=True))
+        if cost > cap:
+            raise BudgetError(
+                f"learn_to_branch: widths {given} allow trees of up to {cost} parameters, over the cap "
+                f"{cap:g}; use widths='auto' or narrower blocks"
+            )
+        return given
+
+    def search(self, bench, budget, ctx) -> SearchResult:
+        p = self.params
+        widths = self.widths_for(bench, budget)
+        net = BranchingSupernet(bench.backbone, bench.tasks, widths)
+        net.hard = p["hard"]
+        protocol = bench.protocol
+        if p["epochs"]:
+            protocol = protocol.replace(epochs=p["epochs"])
+        if p["warmup_epochs"] >= protocol.epochs:
+            raise ValueError(
+                f"learn_to_branch: warmup_epochs={p['warmup_epochs']} leaves no search in "
+                f"{protocol.epochs} epochs; lower warmup_epochs or raise epochs"
+            )
+        schedule = TemperatureSchedule(p["tau_schedule"], p["tau_start"], p["tau_end"])
+        blocks = bench.backbone.block_names
+        hook = _BranchingHook(net, schedule, p["warmup_epochs"], bench.groups, blocks)
+        extra = ExtraOptimizer(
+            name="branching",
+            params=net.arch_parameters(),
+            make_optimizer=lambda params: torch.optim.Adam(params, lr=p["logit_lr"], betas=(0.5, 0.999)),
+            start_epoch=p["warmup_epochs"],
+            data=p["logit_data"],
+        )
+        holdout = p["holdout_fraction"] if p["logit_data"] == "holdout" else 0.0
+        fit = ctx.trainer("search", protocol).fit(
+            net, bench, hooks=[hook], extra=[extra], holdout_fraction=holdout, early_stopping=False
+        )
+        net.to("cpu").eval()
+        plan, init_state = net.derive()
+        probs = net.probabilities()
+        tables = {
+            name: {"children": [f"n{c}" for c in range(q.shape[0])], "parents": [f"n{k}" for k in range(q.shape[1])],
+                   "p": [[round(float(v), 6) for v in row] for row in q]}
+            for name, q in zip(_child_level_names(blocks, net.head_logits is not None), probs, strict=True)
+        }
+        import pandas as pd
+
+        artifacts: dict[str, Any] = {
+            "branching_probabilities.json": {"widths": widths, "levels": tables, "paths": net.paths()},
+            "derived_tree.png": plan.draw(title="learn_to_branch: argmax tree", groups=bench.groups),
+            "branching_history.csv": pd.DataFrame(hook.history),
+        }
+        n_params = sum(q.numel() for q in net.parameters())
+        cost = {
+            "supernet_params": float(n_params),
+            "supernet_backbone_params": float(sum(k * q for k, q in zip(widths, bench.backbone.block_params, strict=True))),
+            "block_evals_per_step": float(sum(widths)),
+            "weight_steps": float(fit.epochs_run * _steps_per_epoch(bench, protocol, holdout)),
+            "logit_steps": float(max(0, fit.epochs_run - p["warmup_epochs"]) * _steps_per_epoch(bench, protocol, holdout)),
+            "epochs": float(fit.epochs_run),
+            "seconds": fit.seconds,
+        }
+        return SearchResult(plan=plan, cost=cost, artifacts=artifacts, init_state=init_state)
+
+
+def _steps_per_epoch(bench, protocol, holdout: float) -> int:
+    n = len(bench.splits["train"])
+    n_train = n - int(round(n * holdout)) if holdout > 0 else n
+    return -(-n_train // protocol.batch_size)
