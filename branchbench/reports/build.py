@@ -1,0 +1,178 @@
+"""A sweep's report: fetch its runs from MLflow, build tables and figures, write and log them.
+
+Only :func:`build_reports` touches the store (through :class:`Tracking`);
+:func:`dataset_report` is a pure function of the runs frame and the plans, so
+the same report can be rebuilt from any copy of the records. Files go to
+``<reports_dir>/<dataset>/``: ``report.md`` (header, hyper-parameters, every
+table, the figures), each table as ``.csv`` (numbers) and ``.tex``, and PNG
+figures; the same files are logged to the parent run under
+``reports/<dataset>/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from branchbench.reports import figures, tables
+from branchbench.reports.formats import numbers_csv, to_latex, to_markdown
+
+
+@dataclass
+class Header:
+    """What a report names so a reader can find its records and code."""
+
+    parent_run_id: str | None
+    sweep_hash: str | None
+    commits: list[str]
+    tracking_uri: str = ""
+
+    def lines(self) -> list[str]:
+        return [
+            f"- commit: {', '.join(self.commits) or 'unknown'}",
+            f"- sweep config hash: {self.sweep_hash or 'unknown'}",
+            f"- MLflow parent run: {self.parent_run_id or 'none'}" + (f" ({self.tracking_uri})" if self.tracking_uri else ""),
+        ]
+
+
+@dataclass
+class DatasetReport:
+    dataset: str
+    markdown: str
+    tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=dict)  # name -> (numbers, strings)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+def commits(runs: pd.DataFrame) -> list[str]:
+    if "tags.bb.code_version" not in runs:
+        return []
+    dirty = runs.get("tags.bb.code_dirty", pd.Series("false", index=runs.index)) == "true"
+    labels = runs["tags.bb.code_version"].astype(str) + dirty.map({True: " (with local changes)", False: ""})
+    return sorted(set(labels.dropna()))
+
+
+def dataset_report(
+    runs: pd.DataFrame,
+    dataset: str,
+    header: Header,
+    plans: Mapping[str, Mapping[str, Any]] | None = None,
+    groups: Mapping[str, int] | None = None,
+    with_figures: bool = True,
+) -> DatasetReport:
+    """Tables, figures and Markdown of one dataset's runs (pure: no store access)."""
+    runs = runs[runs["dataset"] == dataset].reset_index(drop=True)
+    plans = plans or {}
+    report = DatasetReport(dataset, "")
+    summary = tables.summary(runs)
+    report.tables["summary"] = (summary, tables.format_summary(summary))
+    paired = tables.paired(runs)
+    report.tables["paired"] = (paired, tables.format_paired(paired))
+    grouping = tables.grouping(runs, plans)
+    if not grouping.empty:
+        report.tables["grouping"] = (grouping, tables.format_grouping(grouping))
+    gains = tables.task_gains(runs)
+    if with_figures and not summary.empty:
+        for name, label in figures.COST_AXES.items():
+            report.figures[f"pareto_{name}"] = figures.pareto_figure(summary, label, f"{dataset}: Δm vs {label}")
+        if not gains.empty and gains.notna().any().any():
+            report.figures["task_gains"] = figures.gains_heatmap(gains, f"{dataset}: per-task gain over independent")
+        firsts = runs.sort_values("seed").drop_duplicates(["method", "budget"])
+        shown = {f"{r.method} @ {r.budget} (seed {r.seed})": plans[r.run_id]
+                 for r in firsts.itertuples() if r.run_id in plans}
+        if shown:
+            report.figures["trees"] = figures.trees_figure(shown, groups, f"{dataset}: learned trees")
+    report.markdown = _markdown(runs, dataset, header, report)
+    return report
+
+
+def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetReport) -> str:
+    parts = [f"# branchbench report: {dataset}", "", *header.lines(), f"- cells: {len(runs)} finished runs", ""]
+    parts += ["Every value is the mean ± sample std over seeds (n seeds); Δm is the mean signed relative",
+              "gain (%) of each task's main test metric over the independent networks of the same seed.",
+              "Latency: one forward pass at batch 1. Search / retrain: wall seconds.", "",
+              "## Methods and budgets", "", to_markdown(report.tables["summary"][1]), ""]
+    parts += ["## Learned methods vs random_tree (paired by seed, same budget)", ""]
+    paired = report.tables["paired"][1]
+    parts += [to_markdown(paired) if not paired.empty else "No learned method in this sweep.", ""]
+    if "grouping" in report.tables:
+        parts += ["## Grouping recovery (known task groups)", "",
+                  "ARI of each block's partition of tasks against the truth; recovered: seeds whose plan",
+                  "recovers the grouping; stability: mean pairwise ARI of the seeds' partitions.", "",
+                  to_markdown(report.tables["grouping"][1]), ""]
+    parts += ["## Hyper-parameters", ""]
+    for method, options in tables.hyperparameters(runs).items():
+        text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"
+        parts.append(f"- {method}: {text}")
+    proto = tables.protocol(runs)
+    if proto:
+        parts += ["", "Training protocol: " + ", ".join(f"{k}={v}" for k, v in proto.items())]
+    if report.figures:
+        parts += ["", "## Figures", ""] + [f"![{name}]({name}.png)" for name in report.figures]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(report: DatasetReport, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "report.md"]
+    written[0].write_text(report.markdown)
+    for name, (numbers, strings) in report.tables.items():
+        (folder / f"{name}.csv").write_text(numbers_csv(numbers))
+        (folder / f"{name}.md").write_text(to_markdown(strings))
+        (folder / f"{name}.tex").write_text(to_latex(strings, caption=f"{report.dataset}: {name}"))
+        written += [folder / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
+    import matplotlib.pyplot as plt
+
+    for name, fig in report.figures.items():
+        fig.savefig(folder / f"{name}.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(folder / f"{name}.png")
+    return written
+
+
+def build_reports(
+    tracking: Any,
+    parent_run_id: str | None,
+    reports_dir: Path,
+    cells: list[dict[str, Any]] | None = None,
+    log: bool = True,
+) -> list[Path]:
+    """Report every dataset of a sweep; ``cells`` default to the parent run's ``sweep/cells.json``."""
+    if cells is None:
+        if parent_run_id is None:
+            raise ValueError("a report needs the sweep's cells or its parent run id")
+        cells = tracking.load_json(parent_run_id, "sweep/cells.json")
+    runs = tables.cell_runs(tracking.search("tags.`bb.kind` = 'cell'"), {c["hash"] for c in cells})
+    sweep_hash = None
+    if parent_run_id is not None:
+        sweep_hash = tracking.get_run(parent_run_id).data.tags.get("bb.sweep")
+    header = Header(parent_run_id, sweep_hash, commits(runs), tracking.uri)
+    plans = {run_id: tracking.load_json(run_id, "plan.json") for run_id in runs["run_id"]}
+    written: list[Path] = []
+    for dataset in sorted(runs["dataset"].unique()):
+        report = dataset_report(runs, dataset, header, plans, _groups(cells, dataset))
+        folder = Path(reports_dir) / dataset
+        files = write_report(report, folder)
+        written += files
+        if log and parent_run_id is not None:
+            for path in files:
+                tracking.log_file(parent_run_id, path, f"reports/{dataset}")
+    return written
+
+
+def _groups(cells: list[dict[str, Any]], dataset: str) -> dict[str, int] | None:
+    """The known task groups of a dataset (colours the trees), when it has them."""
+    from branchbench.plugins import create_dataset
+
+    try:
+        cls_has_groups = create_dataset(dataset).has_groups
+        if not cls_has_groups:
+            return None
+        options = next((c.get("dataset_options") for c in cells if c["dataset"] == dataset), None) or {}
+        return create_dataset(dataset, **options).load().groups
+    except Exception:  # colouring is cosmetic; a missing dataset must not block the report
+        return None

@@ -1,0 +1,134 @@
+"""``branchbench ui``: the MLflow UI on the same store, lean enough for a small machine.
+
+The server listens on 127.0.0.1 only, with one worker and MLflow's background
+job execution off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: the job
+runner is for GenAI evaluation, which branchbench never uses). It runs in its
+own process group, so stopping it (Ctrl-C, or :meth:`UIServer.stop`) ends
+every process it started, including uvicorn's workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from branchbench.tracking import ARTIFACT_DIR, Tracking
+
+HOST = "127.0.0.1"
+READY_SECONDS = 120.0
+
+
+class UIError(RuntimeError):
+    """The UI server could not start; the message names the cause and the fix."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class UIServer:
+    """An ``mlflow ui`` process group on ``uri``; ``start()`` returns once it answers."""
+
+    def __init__(self, uri: str, port: int = 0, artifact_root: Path | None = None) -> None:
+        self.uri = uri
+        self.port = port or free_port()
+        self.artifact_root = artifact_root
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.uri,
+               "--host", HOST, "--port", str(self.port), "--workers", "1"]
+        if self.artifact_root is not None:
+            cmd += ["--default-artifact-root", self.artifact_root.as_uri()]
+        return cmd
+
+    def start(self, deadline_seconds: float = READY_SECONDS) -> UIServer:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(self.command(), env=env, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + deadline_seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace")[-2000:] if self.process.stderr else ""
+                self.process = None
+                raise UIError(f"the MLflow UI exited while starting on port {self.port}: {err.strip()}; "
+                              f"is the port in use? try --port 0 for a free one")
+            if self.ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise UIError(f"the MLflow UI did not answer on {self.base_url} within {deadline_seconds:.0f} s")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """End the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
+        if self.process is None:
+            return
+        group = self.process.pid  # its own session: the group id is its pid
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            try:
+                self.process.wait(timeout=grace_seconds)
+            except subprocess.TimeoutExpired:
+                continue
+            if not group_alive(group):
+                break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def __enter__(self) -> UIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve(uri: str | None, experiment: str, port: int = 5000) -> int:
+    """Start the UI, print the runs view of ``experiment``, wait for Ctrl-C, stop everything."""
+    tracking = Tracking(uri, experiment)
+    server = UIServer(tracking.uri, port, tracking.root / ARTIFACT_DIR)
+    try:
+        server.start()
+        print(f"MLflow UI for {tracking.uri}", flush=True)
+        print(f"{server.base_url}/#/experiments/{tracking.experiment_id}/runs", flush=True)
+        print("Ctrl-C stops it", flush=True)
+        assert server.process is not None
+        server.process.wait()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
