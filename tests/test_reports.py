@@ -1,0 +1,102 @@
+"""Report tables against a golden fixture of runs whose expected tables were written by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from branchbench.reports import figures, tables
+from branchbench.reports.build import Header, dataset_report, write_report
+from branchbench.reports.formats import to_latex, to_markdown
+
+FIXTURE = Path(__file__).parent / "fixtures" / "report"
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    frame = pd.read_csv(FIXTURE / "runs.csv", dtype={"tags.bb.budget": str, "tags.bb.seed": "Int64"})
+    return tables.cell_runs(frame)
+
+
+@pytest.fixture(scope="module")
+def plans() -> dict:
+    return json.loads((FIXTURE / "plans.json").read_text())
+
+
+def expected(name: str) -> pd.DataFrame:
+    return pd.read_csv(FIXTURE / f"expected_{name}.csv", dtype=str, keep_default_na=False)
+
+
+def as_strings(table: pd.DataFrame) -> pd.DataFrame:
+    flat = table.reset_index() if table.index.names != [None] else table
+    return flat.astype(str).reset_index(drop=True)
+
+
+def toy(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["dataset"] == "toy"].reset_index(drop=True)
+
+
+def test_cell_runs_keep_the_newest_finished_run_of_each_cell(runs):
+    assert set(runs["run_id"]) >= {"sb2", "ltb2", "other0"}
+    assert not {"sb2-old", "ltb2-failed", "sweep"} & set(runs["run_id"])
+    restricted = tables.cell_runs(pd.read_csv(FIXTURE / "runs.csv", dtype={"tags.bb.budget": str}), {"h-sb0"})
+    assert list(restricted["run_id"]) == ["sb0"]
+
+
+def test_summary_matches_golden(runs):
+    got = as_strings(tables.format_summary(tables.summary(toy(runs))))
+    pd.testing.assert_frame_equal(got, expected("summary"))
+
+
+def test_paired_comparison_against_random_tree_matches_golden(runs):
+    got = as_strings(tables.format_paired(tables.paired(toy(runs))))
+    pd.testing.assert_frame_equal(got, expected("paired"))
+
+
+def test_grouping_recovery_matches_golden(runs, plans):
+    got = as_strings(tables.format_grouping(tables.grouping(toy(runs), plans)))
+    pd.testing.assert_frame_equal(got, expected("grouping"))
+
+
+def test_task_gains_match_golden(runs):
+    got = tables.task_gains(toy(runs)).reset_index()
+    want = expected("gains")
+    for column in ("a", "b"):
+        assert [round(v, 6) for v in got[column]] == [float(v) for v in want[column]], column
+    assert list(got["method"]) == list(want["method"])
+
+
+def test_hyperparameters_are_listed_per_method(runs):
+    assert tables.hyperparameters(toy(runs))["learn_to_branch"] == {"lr": "0.01"}
+
+
+def test_pareto_front_drops_dominated_points():
+    points = pd.DataFrame({"params": [100, 150, 160, 200, 120], "Δm (%)": [2.5, 0.0, 15.0, 0.0, 0.0]},
+                          index=["sb", "rt", "ltb", "ind", "ada"])
+    assert list(figures.pareto_front(points, "params").index) == ["sb", "ltb"]
+
+
+def test_report_files_name_commit_hash_and_parent(runs, plans, tmp_path):
+    header = Header("parent123", "sweephash", ["abc123"])
+    report = dataset_report(runs, "toy", header, plans)
+    files = {p.name for p in write_report(report, tmp_path / "toy")}
+    assert {"report.md", "summary.csv", "summary.tex", "paired.md", "grouping.csv", "pareto_params.png",
+            "pareto_flops.png", "pareto_latency.png", "task_gains.png", "trees.png"} <= files
+    text = (tmp_path / "toy" / "report.md").read_text()
+    for needle in ("abc123", "sweephash", "parent123", "learn_to_branch: lr=0.01", "+15.00 ± 5.00"):
+        assert needle in text
+    assert "elsewhere" not in text
+    numbers = pd.read_csv(tmp_path / "toy" / "summary.csv")
+    assert numbers.loc[numbers["method"] == "learn_to_branch", "Δm (%).mean"].item() == pytest.approx(15.0)
+    assert r"$\pm$" in (tmp_path / "toy" / "summary.tex").read_text()
+
+
+def test_markdown_and_latex_writers_escape_and_align():
+    table = pd.DataFrame({"method": ["learn_to_branch"], "Δm (%)": ["+1.00 ± 0.50"]})
+    assert to_markdown(table).splitlines()[2] == "| learn_to_branch | +1.00 ± 0.50 |"
+    latex = to_latex(table)
+    assert r"learn\_to\_branch & +1.00 $\pm$ 0.50 \\" in latex
+    assert r"$\Delta_m$ (\%)" in latex
