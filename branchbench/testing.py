@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -60,6 +61,7 @@ KIT_DATA = dict(tasks=4, groups=2, input_dim=8, n_train=64, n_val=32, n_test=32,
 KIT_PROTOCOL = dict(epochs=2, batch_size=32, early_stopping=0, lr_schedule="constant", threads=1, amp="off")
 CAPPED_BUDGETS = (1.0, 1.5)
 POISONED_TRACKING_URI = "bbkit-poisoned://a-method-must-not-talk-to-mlflow"
+MLFLOW_FIX = "log through ctx.log_metrics / ctx.log_artifact; the cell function owns the MLflow run"
 
 MethodLike = Method | type[Method]
 
@@ -177,6 +179,26 @@ def _single_task() -> Benchmark:
 
 
 # ---------------------------------------------------------------------- checks
+def _check(fn: Callable[[MethodLike], None]) -> Callable[[MethodLike], None]:
+    """A check: an error raised by the method itself becomes a CheckFailure naming it and the fix."""
+
+    @functools.wraps(fn)
+    def run(method: MethodLike) -> None:
+        try:
+            fn(method)
+        except CheckFailure:
+            raise
+        except Exception as err:  # noqa: BLE001 - the method crashed on the kit's benchmark
+            raise CheckFailure(
+                f"{_label(method)}: {fn.__name__} crashed with {type(err).__name__}: {err}. Fix: make "
+                "search() work on small data (the kit uses 4 tasks, 64 training samples, a 3-block MLP, "
+                "2 epochs), or set check_options = {...} on the class to shrink its search"
+            ) from err
+
+    return run
+
+
+@_check
 def check_declares_interface(method: MethodLike) -> None:
     """Name, budget flag, known tags, declared options, and a constructor that only stores them."""
     m = fresh(method)
@@ -205,6 +227,7 @@ def check_declares_interface(method: MethodLike) -> None:
               "store options unchanged in __init__; do derived work in search()")
 
 
+@_check
 def check_returns_valid_plan(method: MethodLike) -> None:
     """search() returns a SearchResult whose Plan fits the benchmark and runs in a BranchedNet."""
     plan, bench = _searched_plan(method, kit_benchmark)
@@ -219,6 +242,7 @@ def check_returns_valid_plan(method: MethodLike) -> None:
               "return a plan over the benchmark's tasks and blocks")
 
 
+@_check
 def check_search_result_contents(method: MethodLike) -> None:
     """Artifacts are named, and init_state (if any) loads into the plan's BranchedNet."""
     bench = kit_benchmark()
@@ -237,6 +261,7 @@ def check_search_result_contents(method: MethodLike) -> None:
                   "give init_state in BranchedNet(plan, ...).state_dict() layout, or None")
 
 
+@_check
 def check_reports_search_cost(method: MethodLike) -> None:
     """SearchResult.cost is a dict of finite numbers; a search method reports something."""
     result, _ = run_search(fresh(method), kit_benchmark)
@@ -254,6 +279,7 @@ def check_reports_search_cost(method: MethodLike) -> None:
               "report what the search spent, e.g. cost={'supernet_steps': steps, 'supernet_epochs': epochs}")
 
 
+@_check
 def check_plan_within_budget(method: MethodLike) -> None:
     """A budget-aware method keeps its plan under Budget.cap at tight budgets (1.0x, 1.5x)."""
     for ratio in CAPPED_BUDGETS:
@@ -269,6 +295,7 @@ def check_plan_within_budget(method: MethodLike) -> None:
                   "treat budget.cap(bench.backbone) as a hard limit on plan.param_count(backbone)")
 
 
+@_check
 def check_deterministic_for_seed(method: MethodLike) -> None:
     """Two searches with the same seed give the same plan (up to relabelling node ids)."""
     first, _ = _searched_plan(method, kit_benchmark, seed=0)
@@ -279,6 +306,7 @@ def check_deterministic_for_seed(method: MethodLike) -> None:
               "torch generators seeded from it), never from time, os.urandom or unseeded generators")
 
 
+@_check
 def check_seed_dependence_declared(method: MethodLike) -> None:
     """A method not tagged 'stochastic' gives the same plan for different seeds."""
     first, _ = _searched_plan(method, kit_benchmark, seed=0)
@@ -288,6 +316,7 @@ def check_seed_dependence_declared(method: MethodLike) -> None:
               "add 'stochastic' to its tags (its plan depends on the seed)")
 
 
+@_check
 def check_handles_single_task(method: MethodLike) -> None:
     """A benchmark with one task gets a valid one-task plan (under the 1.0x cap if budget-aware)."""
     ratio = 1.0 if _cls(method).budget_aware else None
@@ -297,6 +326,7 @@ def check_handles_single_task(method: MethodLike) -> None:
               "with one task, return the shared-bottom plan (it is also the independent one)")
 
 
+@_check
 def check_groups_use_declared(method: MethodLike) -> None:
     """Only 'needs_groups' methods read Benchmark.groups; they refuse data without groups."""
     if "needs_groups" in _cls(method).tags:
@@ -322,6 +352,7 @@ def check_groups_use_declared(method: MethodLike) -> None:
               "do not read bench.groups / bench.true_partition(), or tag it 'needs_groups' (oracles only)")
 
 
+@_check
 def check_reference_use_declared(method: MethodLike) -> None:
     """Only 'needs_reference' methods ask the context for reference networks."""
     _, ctx = run_search(fresh(method), kit_benchmark)
@@ -330,6 +361,7 @@ def check_reference_use_declared(method: MethodLike) -> None:
               "add 'needs_reference' to its tags so runners can prepare and reuse the reference runs")
 
 
+@_check
 def check_no_side_effects(method: MethodLike) -> None:
     """No MLflow, no files: search under a poisoned MLflow and fresh cwd, HOME and TMPDIR."""
     with _sandbox() as (mlflow_calls, dirs):
@@ -338,12 +370,13 @@ def check_no_side_effects(method: MethodLike) -> None:
         except Exception as err:
             if not mlflow_calls:
                 raise
-            raise CheckFailure(f"{_label(method)}: search failed after calling MLflow "
-                               f"({type(err).__name__}: {err})") from err
-        written = sorted(str(p.relative_to(root)) for root in dirs for p in root.rglob("*"))
+            raise CheckFailure(f"{_label(method)}: search failed after calling MLflow ({type(err).__name__}: "
+                               f"{err}). Fix: {MLFLOW_FIX}") from err
+        written = sorted(f"{label}/{p.relative_to(d)}" for label, d in zip(("cwd", "HOME", "TMPDIR"), dirs, strict=True)
+                         for p in d.rglob("*"))
     if mlflow_calls:
         _fail(method, f"it called MLflow during search ({', '.join(sorted(set(mlflow_calls)))})",
-              "log through ctx.log_metrics / ctx.log_artifact; the cell function owns the MLflow run")
+              MLFLOW_FIX)
     if written:
         _fail(method, f"it wrote files during search: {written[:5]}",
               "keep state in memory; hand figures/tables to ctx.log_artifact, checkpoints go through "
@@ -470,8 +503,7 @@ def check_method(
         try:
             check(method)
         except Exception as err:  # noqa: BLE001 - a crash in a check is a failure too
-            message = str(err) if isinstance(err, CheckFailure) else (
-                f"{_label(method)}: {name} crashed with {type(err).__name__}: {err}")
+            message = str(err) if isinstance(err, CheckFailure) else f"{_label(method)}: {name}: {err!r}"
             status = "xfail" if name in expected else "failed"
             outcomes.append(CheckOutcome(name, status, message if status == "failed" else expected[name]))
             continue
