@@ -52,4 +52,4 @@ def test_forward_backward(benchmark, n_tasks, kind, fuse):
     benchmark.extra_info.update(
         fused_levels=net.fused_levels, params=net.param_count(), threads=torch.get_num_threads()
     )
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=2)
