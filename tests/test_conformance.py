@@ -268,3 +268,34 @@ def test_parametrize_with_checks_marks_skips_and_expected_failures():
     assert xfail.name == "xfail" and xfail.kwargs["reason"] == "known" and xfail.kwargs["strict"]
     assert by_id["good-check_plan_within_budget"].marks[0].name == "skip"
     assert not by_id["good-check_returns_valid_plan"].marks
+
+
+# ----------------------------------------------------------- broken datasets
+def test_the_dataset_kit_fails_unrepeatable_or_mislabelled_data():
+    import dataclasses
+
+    import torch
+
+    from branchbench.datasets.synthetic import Synthetic
+
+    class Unseeded(Synthetic):
+        name = "unseeded"
+
+        def load(self):
+            bench = super().load()
+            train = bench.splits["train"]
+            noisy = dataclasses.replace(train, x=train.x + torch.randn(train.x.shape))  # global RNG
+            return dataclasses.replace(bench, splits={**bench.splits, "train": noisy})
+
+    class NoGroups(Synthetic):
+        name = "no_groups"
+
+        def load(self):
+            return dataclasses.replace(super().load(), groups=None)
+
+    small = dict(tasks=2, groups=1, n_train=16, n_val=8, n_test=8)
+    with pytest.raises(CheckFailure, match="dataset 'unseeded'.*loading twice.*different data.*data_seed"):
+        check_dataset(Unseeded, **small)
+    with pytest.raises(CheckFailure, match="has_groups=True but the benchmark's groups are None"):
+        check_dataset(NoGroups, **small)
+    assert check_dataset(Synthetic, **small).task_names == ["t0", "t1"]
