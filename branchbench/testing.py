@@ -20,6 +20,13 @@ are declared with a reason, ``expected_failures={"check_name": "why"}``: they
 run and are reported as xfail, never silenced, and one that starts passing is
 an error, so the declaration is removed when the method is fixed.
 
+Searches run as the cell runs them: on a freshly loaded benchmark, with
+Python, NumPy and torch seeded from the seed first, uncapped unless a check is
+about budgets, in an in-memory :class:`~branchbench.context.LocalContext`; the
+caller's random state is restored afterwards. The side-effect check watches the
+working directory, ``HOME`` and ``TMPDIR`` (all fresh and empty) and MLflow;
+writes to other absolute paths are not seen.
+
 A method class may set ``check_options`` (a dict of its options) to shrink its
 search for the kit, e.g. fewer search epochs; the kit's benchmark already uses
 a 2-epoch protocol, which ``ctx.trainer(...)`` hands to every supernet.
