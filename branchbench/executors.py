@@ -23,6 +23,8 @@ EXECUTORS = ("local", "ray")
 class Executor(Protocol):
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]: ...
 
+    def close(self) -> None: ...
+
 
 class SequentialExecutor:
     """One cell after another in this process (``--workers 1``)."""
@@ -31,27 +33,42 @@ class SequentialExecutor:
         for item in items:
             yield fn(item)
 
+    def close(self) -> None:
+        pass
+
 
 class ProcessExecutor:
-    """Cells in ``workers`` fresh processes (spawned: no torch or SQLite state is forked)."""
+    """Cells in ``workers`` processes, spawned once and reused until ``close()``.
+
+    Spawned, not forked: no torch threads or SQLite connections are inherited
+    (a worker takes a few seconds to import torch and MLflow, hence the reuse).
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         items = list(items)
         if not items:
             return
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=context)
+        if self.pool is None:
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        pending = {self.pool.submit(fn, item) for item in items}
         try:
-            pending = {pool.submit(fn, item) for item in items}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 class RayExecutor:
@@ -75,6 +92,9 @@ class RayExecutor:
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
             yield self.ray.get(done[0])
+
+    def close(self) -> None:
+        pass  # a cluster outlives the sweep; a local Ray ends with this process
 
 
 def make_executor(kind: str, workers: int, address: str | None = None) -> Executor:

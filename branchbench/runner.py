@@ -27,6 +27,7 @@ from typing import Any
 
 from branchbench.cell import CellConfig, config_hash, resolve, run_cell
 from branchbench.config import SweepConfig, load_config
+from branchbench.executors import Executor, make_executor
 from branchbench.tracking import DEFAULT_EXPERIMENT, Tracking
 
 DETERMINISTIC_FAILURES = ("divergence", "plan", "plugin")
@@ -258,17 +259,19 @@ def run_sweep(
     tracking: Tracking,
     *,
     workers: int = 1,
-    executor: str = "local",
+    executor: str | Executor = "local",
     address: str | None = None,
     retry_failed: bool = False,
     device: str | None = None,
     out: Callable[[str], None] = print,
 ) -> SweepResult:
-    """Run every cell (references first) and record them under one parent run."""
-    from branchbench.executors import make_executor
+    """Run every cell (references first) and record them under one parent run.
 
+    ``executor`` is ``"local"`` (in this process, or ``workers`` processes),
+    ``"ray"``, or an executor object.
+    """
     cells = plan_sweep(cfg)
-    pool = make_executor(executor, workers, address)
+    pool = make_executor(executor, workers, address) if isinstance(executor, str) else executor
     parent = open_parent(tracking, cfg, cells)
     result = SweepResult(parent)
     out(f"sweep {cfg.name}: {len(cells)} cells, parent run {parent} in {tracking.uri}")
@@ -281,6 +284,26 @@ def run_sweep(
         detail = f" ({item.failure_kind}: {item.error})" if item.status == "failed" else ""
         out(f"[{len(result.results)}/{len(cells)}] {item.cell.name}: {item.status}{detail}")
 
+    try:
+        _run_waves(cells, pool, jobs, record, result)
+    except KeyboardInterrupt:
+        tracking.end_run(parent, "KILLED", "interrupted by the user; run the sweep again to resume")
+        raise
+    finally:
+        pool.close()
+
+    failed = result.failed
+    tracking.log_metrics(parent, {"cells": len(cells), "cells_failed": len(failed)})
+    tracking.log_object(parent, "sweep/outcomes.json",
+                        [{**r.cell.describe(), "status": r.status, "run_id": r.run_id, "error": r.error,
+                          "failure_kind": r.failure_kind} for r in result.results])
+    reason = f"{len(failed)} of {len(cells)} cells failed" if failed else None
+    tracking.end_run(parent, "FAILED" if failed else "FINISHED", reason)
+    return result
+
+
+def _run_waves(cells, pool, jobs, record, result) -> None:
+    """References first; a cell whose reference failed is failed without running."""
     for item in pool.map_unordered(execute_job, jobs([c for c in cells if c.role == "reference"])):
         record(item)
     broken = {r.cell.group: r for r in result.results if r.status == "failed"}
@@ -293,15 +316,6 @@ def run_sweep(
             runnable.append(cell)
     for item in pool.map_unordered(execute_job, jobs(runnable)):
         record(item)
-
-    failed = result.failed
-    tracking.log_metrics(parent, {"cells": len(cells), "cells_failed": len(failed)})
-    tracking.log_object(parent, "sweep/outcomes.json",
-                        [{**r.cell.describe(), "status": r.status, "run_id": r.run_id, "error": r.error,
-                          "failure_kind": r.failure_kind} for r in result.results])
-    reason = f"{len(failed)} of {len(cells)} cells failed" if failed else None
-    tracking.end_run(parent, "FAILED" if failed else "FINISHED", reason)
-    return result
 
 
 # ---------------------------------------------------------------------- CLI
@@ -343,20 +357,20 @@ def _experiment(args: argparse.Namespace, cfg: SweepConfig | None) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from branchbench.cli import UsageError
+    from branchbench.executors import make_executor
 
     cfg = load_config(args.config)
     plan_sweep(cfg)  # validates every cell before the store is touched
+    try:
+        pool = None if args.dry_run else make_executor(args.executor, args.workers, args.ray_address)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(str(err)) from None
     tracking = Tracking(args.tracking_uri, _experiment(args, cfg))
-    if args.dry_run:
+    if pool is None:
         dry_run(cfg, tracking, args.retry_failed)
         return 0
-    try:
-        result = run_sweep(cfg, tracking, workers=args.workers, executor=args.executor, address=args.ray_address,
-                           retry_failed=args.retry_failed, device=args.device)
-    except (RuntimeError, ValueError) as err:
-        if "Ray" in str(err) or "--workers" in str(err):
-            raise UsageError(str(err)) from None
-        raise
+    result = run_sweep(cfg, tracking, workers=args.workers, executor=pool, retry_failed=args.retry_failed,
+                       device=args.device)
     if not args.no_report:
         _report(tracking, result.parent_run_id, args.reports_dir, log=True)
     for item in result.failed:

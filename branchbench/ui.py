@@ -122,10 +122,10 @@ def serve(uri: str | None, experiment: str, port: int = 5000) -> int:
     server = UIServer(tracking.uri, port, tracking.root / ARTIFACT_DIR)
     try:
         server.start()
-        print(f"MLflow UI for {tracking.uri}", flush=True)
+        assert server.process is not None
+        print(f"MLflow UI (process group {server.process.pid}) on {tracking.uri}", flush=True)
         print(f"{server.base_url}/#/experiments/{tracking.experiment_id}/runs", flush=True)
         print("Ctrl-C stops it", flush=True)
-        assert server.process is not None
         server.process.wait()
         return 0
     except KeyboardInterrupt:

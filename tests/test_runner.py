@@ -1,0 +1,231 @@
+"""Sweeps: one parent and the expected children, resume after SIGKILL, racing sweeps, failures, bad configs."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from branchbench import plugins
+from branchbench.cli import main
+from branchbench.config import load_config
+from branchbench.core.method import Method, SearchResult
+from branchbench.core.plan import Plan
+from branchbench.runner import dry_run, plan_sweep, run_sweep
+from branchbench.tracking import DB_NAME, Tracking, default_uri
+
+DATA = """
+[datasets.synthetic]
+tasks = 4
+groups = 2
+input_dim = 8
+n_train = {n_train}
+n_val = 32
+n_test = 32
+width = 4
+depth = 2
+"""
+
+
+def write_config(path: Path, methods: list[str], seeds=(0, 1), budgets=(1.5,), epochs=2, n_train=64,
+                 batch_size=32) -> Path:
+    text = f"[sweep]\nname = 'test'\nseeds = {list(seeds)}\nbudgets = {list(budgets)}\n"
+    text += f"[protocol]\nepochs = {epochs}\nbatch_size = {batch_size}\nearly_stopping = 0\nthreads = 1\n"
+    text += DATA.format(n_train=n_train)
+    text += "".join(f"[methods.{m}]\n" for m in methods)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """An initialised, empty SQLite store: copying it skips MLflow's seconds of schema setup."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("template")
+    MlflowClient(tracking_uri=default_uri(folder)).search_experiments()
+    return folder / DB_NAME
+
+
+def fresh_store(template_db: Path, folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template_db, folder / DB_NAME)
+    return default_uri(folder)
+
+
+def cell_runs(tracking: Tracking) -> list:
+    return tracking.runs("tags.`bb.kind` = 'cell'")
+
+
+def finished_per_cell(tracking: Tracking) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run in cell_runs(tracking):
+        key = run.data.tags["bb.config_hash"]
+        counts[key] = counts.get(key, 0) + (run.info.status == "FINISHED")
+    return counts
+
+
+def sweep_process(config: Path, uri: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "branchbench.cli", "sweep", str(config), "--tracking-uri", uri, "--no-report", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def poll(condition, deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ in process
+def test_sweep_has_one_parent_and_the_expected_children(template_db, tmp_path, capsys):
+    config = write_config(tmp_path / "sweep.toml", ["shared_bottom", "independent", "random_tree"], budgets=(1.5, 2.0))
+    cfg = load_config(config)
+    tracking = Tracking(fresh_store(template_db, tmp_path / "store"))
+    result = run_sweep(cfg, tracking)
+    assert result.exit_status == 0
+
+    parents = tracking.runs("tags.`bb.kind` = 'sweep'")
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    children = cell_runs(tracking)
+    got = sorted((r.data.tags["bb.method"], r.data.tags["bb.budget"], r.data.tags["bb.seed"]) for r in children)
+    # not budget-aware: once per seed; random_tree once per budget and seed
+    want = sorted([(m, "none", s) for m in ("independent", "shared_bottom") for s in "01"]
+                  + [("random_tree", b, s) for b in ("1.5", "2") for s in "01"])
+    assert got == want
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {result.parent_run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    # every other cell reused the reference instead of training its own
+    reused = [r for r in children if r.data.tags["bb.method"] != "independent"]
+    assert all("reused_seconds" in r.data.metrics for r in reused)
+
+    # a re-run skips everything and keeps the one parent
+    again = run_sweep(cfg, tracking)
+    assert {r.status for r in again.results} == {"skipped"}
+    assert again.parent_run_id == result.parent_run_id
+    assert len(cell_runs(tracking)) == len(children)
+    dry_run(cfg, tracking)
+    listing = capsys.readouterr().out
+    assert "done: 8" in listing and "pending" not in listing
+
+    # the report of the sweep, from the store, logged to the parent
+    assert main(["report", "--parent", result.parent_run_id, "--tracking-uri", tracking.uri,
+                 "--reports-dir", str(tmp_path / "reports")]) == 0
+    text = (tmp_path / "reports" / "synthetic" / "report.md").read_text()
+    assert result.parent_run_id in text and "random_tree | 2 | 2 |" in text
+    logged = [a.path for a in tracking.client.list_artifacts(result.parent_run_id, "reports/synthetic")]
+    assert "reports/synthetic/summary.csv" in logged
+
+
+class BrokenPlan(Method):
+    """A method whose plan does not fit the benchmark: a deterministic ``plan`` failure."""
+
+    name = "broken_plan"
+    budget_aware = False
+
+    def search(self, bench, budget, ctx) -> SearchResult:
+        return SearchResult(Plan.shared_bottom(bench.task_names[:1], bench.backbone.block_names))
+
+
+def test_failing_cell_is_recorded_and_not_retried_unless_asked(template_db, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(plugins.BUILTIN_METHODS, "broken_plan", f"{__name__}:BrokenPlan")
+    cfg = load_config(write_config(tmp_path / "sweep.toml", ["shared_bottom", "broken_plan"], seeds=(0,)))
+    tracking = Tracking(fresh_store(template_db, tmp_path / "store"))
+    result = run_sweep(cfg, tracking)
+    assert result.exit_status == 1
+    [failed] = result.failed
+    assert failed.cell.config.method == "broken_plan" and failed.failure_kind == "plan"
+    runs = {r.data.tags["bb.method"]: r for r in cell_runs(tracking)}
+    assert runs["shared_bottom"].info.status == "FINISHED"
+    assert runs["broken_plan"].info.status == "FAILED"
+    assert tracking.get_run(result.parent_run_id).info.status == "FAILED"
+
+    def attempts() -> int:
+        return sum(r.data.tags["bb.method"] == "broken_plan" for r in cell_runs(tracking))
+
+    assert run_sweep(cfg, tracking).exit_status == 1
+    assert attempts() == 1  # deterministic: not retried
+    dry_run(cfg, tracking)
+    assert "failed (plan:" in capsys.readouterr().out
+    assert run_sweep(cfg, tracking, retry_failed=True).exit_status == 1
+    assert attempts() == 2
+
+
+def test_bad_config_key_fails_before_any_run(tmp_path, capsys):
+    config = write_config(tmp_path / "sweep.toml", ["shared_bottom"])
+    config.write_text(config.read_text().replace("epochs = 2", "epoch = 2"))
+    store = tmp_path / "store"
+    assert main(["sweep", str(config), "--tracking-uri", default_uri(store)]) == 2
+    err = capsys.readouterr().err
+    assert "epoch" in err and "known keys" in err and "epochs" in err
+    assert not (store / DB_NAME).exists()  # the store was never touched
+
+    config = write_config(tmp_path / "sweep.toml", ["random_tree"])
+    config.write_text(config.read_text() + "depth_typo = 3\n")
+    assert main(["sweep", str(config), "--tracking-uri", default_uri(store)]) == 2
+    assert "depth_typo" in capsys.readouterr().err
+    assert not (store / DB_NAME).exists()
+
+
+def test_plan_lists_references_first_and_non_budget_aware_methods_once(tmp_path):
+    cfg = load_config(write_config(tmp_path / "s.toml", ["shared_bottom", "random_tree"], seeds=(0, 1),
+                                   budgets=(1.5, 2.0, 3.0)))
+    cells = plan_sweep(cfg)
+    roles = [c.role for c in cells]
+    assert roles == ["reference"] * 2 + ["cell"] * (len(cells) - 2)
+    assert [c.config.method for c in cells[:2]] == ["independent", "independent"]
+    assert sum(c.config.method == "shared_bottom" for c in cells) == 2
+    assert sum(c.config.method == "random_tree" for c in cells) == 6
+    assert len({c.hash for c in cells}) == len(cells)
+
+
+# --------------------------------------------------------------- subprocesses
+def test_sigkill_mid_cell_then_rerun_finishes_each_cell_once(template_db, tmp_path):
+    config = write_config(tmp_path / "sweep.toml", ["shared_bottom"], seeds=(0,), epochs=60, n_train=32)
+    uri = fresh_store(template_db, tmp_path / "store")
+    checkpoints = tmp_path / "store" / "bb-checkpoints"
+    proc = sweep_process(config, uri)
+    try:
+        poll(lambda: any(checkpoints.glob("*/train.pt")) or proc.poll() is not None, 120, "a checkpoint")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, output
+    tracking = Tracking(uri)
+    assert [r.info.status for r in cell_runs(tracking)] == ["RUNNING"]  # killed mid-cell
+
+    result = run_sweep(load_config(config), tracking)
+    assert result.exit_status == 0
+    counts = finished_per_cell(tracking)
+    assert len(counts) == 2 and set(counts.values()) == {1}
+    statuses = sorted(r.info.status for r in cell_runs(tracking))
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]
+    assert len(tracking.runs("tags.`bb.kind` = 'sweep'")) == 1  # the re-run resumed the same parent
+
+
+def test_two_sweeps_racing_on_one_store_finish_each_cell_once(template_db, tmp_path):
+    config = write_config(tmp_path / "sweep.toml", ["shared_bottom", "random_tree", "oracle_tree"],
+                          epochs=3)
+    uri = fresh_store(template_db, tmp_path / "store")
+    procs = [sweep_process(config, uri), sweep_process(config, uri, "--workers", "2")]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    tracking = Tracking(uri)
+    counts = finished_per_cell(tracking)
+    assert len(counts) == 2 * 4 and set(counts.values()) == {1}, counts
+    assert len(tracking.runs("tags.`bb.kind` = 'sweep'")) == 1
+    assert all(r.info.status == "FINISHED" for r in cell_runs(tracking))
+
+
+def test_ray_executor_without_ray_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the optional extra were not installed
+    config = write_config(tmp_path / "sweep.toml", ["shared_bottom"], seeds=(0,))
+    assert main(["sweep", str(config), "--executor", "ray", "--tracking-uri", default_uri(tmp_path)]) == 2
+    assert "pip install 'branchbench[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / DB_NAME).exists()
