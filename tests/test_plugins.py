@@ -9,13 +9,16 @@ only this module's subprocesses and in-process checks see.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -152,12 +155,42 @@ def test_cli_lists_plugins_and_survives_a_broken_one(site, capsys):
 
 
 # ---------------------------------------------------------- the example plugin
+def _can_build_offline() -> bool:
+    """setuptools builds wheels by itself from 70.1 on; before that it needs the `wheel` package."""
+    try:
+        major, minor = (int(x) for x in metadata.version("setuptools").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
+def _install_by_hand(source: Path, target: Path) -> None:
+    """What an install leaves for importlib.metadata: the package and a dist-info made from pyproject."""
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    shutil.copytree(source / "src" / "bb_tag", target / "bb_tag")
+    info = target / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{n} = {t}\n" for n, t in eps.items())
+        for group, eps in project["entry-points"].items()))
+
+
 @pytest.fixture(scope="module")
 def tag_site(tmp_path_factory):
-    """The example plugin installed, offline, into a fresh target directory (the venv is untouched)."""
+    """The example plugin installed, offline, into a fresh target directory (the venv is untouched).
+
+    pip builds it without build isolation, index or dependencies. Where the
+    environment's setuptools cannot build a wheel offline (older than 70.1 and no
+    `wheel` package, e.g. a fresh Python 3.11 venv), the install is done by hand
+    from the same pyproject.toml.
+    """
     source = tmp_path_factory.mktemp("src") / "tag_plugin"  # a copy: a build writes into its source tree
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path_factory.mktemp("site")
+    if not _can_build_offline():
+        _install_by_hand(source, target)
+        return target
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
          "--no-cache-dir", "--disable-pip-version-check", "--quiet", "--target", str(target), str(source)],
@@ -227,3 +260,13 @@ def test_example_plugin_runs_in_a_sweep_and_appears_in_the_report(tag_site, tmp_
     tables = list((tmp_path / "reports").rglob("*.md"))
     assert tables, f"the sweep wrote no report: {done.stdout}"
     assert any(re.search(r"^\| tag \| 2 \|", p.read_text(), re.M) for p in tables)  # its row, at budget 2
+
+
+def test_example_plugin_own_tests_pass(tag_site, tmp_path):
+    """Its selection tests (exact vs brute force, greedy, budget -> groups); the kit ran above."""
+    env = {**os.environ, "PYTHONPATH": str(tag_site)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not conformance",
+         str(EXAMPLE / "tests")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
