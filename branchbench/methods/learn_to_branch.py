@@ -314,14 +314,23 @@ def _child_level_names(blocks: Sequence[str], has_head_logits: bool) -> list[str
 
 
 def branching_metrics(net: BranchingSupernet, blocks: Sequence[str], groups: dict[str, int] | None) -> dict[str, float]:
-    """Per child level: every p(parent | child), the smallest top-parent probability, and the co-sharing gap."""
+    """Per child level: every p(parent | child), the smallest top-parent probability (of all
+    children and of those some task reaches), and per block the co-sharing gap."""
     probs = net.probabilities()
+    paths = list(net.paths().values())
+    reached = [sorted({path[level] for path in paths}) for level in range(1, len(blocks))]
+    if net.head_logits is not None:
+        reached.append(list(range(len(paths))))
     out: dict[str, float] = {}
-    for name, p in zip(_child_level_names(blocks, net.head_logits is not None), probs, strict=True):
+    names = _child_level_names(blocks, net.head_logits is not None)
+    for name, p, used in zip(names, probs, reached, strict=True):
         for c in range(p.shape[0]):
             for q in range(p.shape[1]):
                 out[f"ltb/p.{name}.n{c}.p{q}"] = float(p[c, q])
-        out[f"ltb/min_top_prob.{name}"] = float(p.max(dim=-1).values.min())
+        top = p.max(dim=-1).values
+        out[f"ltb/min_top_prob.{name}"] = float(top.min())
+        # children on some task's argmax path: the ones the architecture depends on
+        out[f"ltb/min_top_prob_used.{name}"] = float(top[used].min())
     if groups is not None:
         for block, gap in zip(blocks, coshare_gap(probs, net.widths, net.task_names, groups), strict=True):
             out[f"ltb/coshare_gap.{block}"] = gap
