@@ -53,6 +53,15 @@ class {cls}(Method):
 '''
 
 
+def _write_dist_info(root: Path, dist: str, version: str, entry_points: dict[str, dict[str, str]]) -> None:
+    """The metadata importlib.metadata reads for an installed distribution and its entry points."""
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{n} = {t}\n" for n, t in eps.items()) for group, eps in entry_points.items()))
+
+
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """Make fake installed distributions: site(dist, {group: {name: target}}, {module: source})."""
@@ -62,12 +71,7 @@ def site(tmp_path, monkeypatch):
     written: list[str] = []
 
     def make(dist: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str] | None = None) -> None:
-        info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(
-            "".join(f"[{group}]\n" + "".join(f"{n} = {t}\n" for n, t in eps.items()) for group, eps in entry_points.items())
-        )
+        _write_dist_info(root, dist, "0.1", entry_points)
         for module, source in (modules or {}).items():
             (root / f"{module}.py").write_text(textwrap.dedent(source))
             written.append(module)
@@ -168,12 +172,7 @@ def _install_by_hand(source: Path, target: Path) -> None:
     """What an install leaves for importlib.metadata: the package and a dist-info made from pyproject."""
     project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
     shutil.copytree(source / "src" / "bb_tag", target / "bb_tag")
-    info = target / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{n} = {t}\n" for n, t in eps.items())
-        for group, eps in project["entry-points"].items()))
+    _write_dist_info(target, project["name"], project["version"], project["entry-points"])
 
 
 @pytest.fixture(scope="module")
