@@ -198,7 +198,10 @@ def execute_job(job: Job) -> CellResult:
         if previous is not None and not job.retry_failed:
             return CellResult(cell, "failed", previous.info.run_id, previous.data.tags.get("bb.failure"),
                               previous.data.tags.get("bb.failure_kind"))
-        outcome = run_cell(cell.config, tracking, parent_run_id=job.parent_run_id, device=job.device)
+        try:
+            outcome = run_cell(cell.config, tracking, parent_run_id=job.parent_run_id, device=job.device)
+        except Exception as err:  # a cell that cannot even start must not stop the sweep
+            return CellResult(cell, "failed", None, f"{type(err).__name__}: {err}", "error")
         if outcome.status != "busy":
             return CellResult(cell, outcome.status, outcome.run_id, outcome.error, outcome.failure_kind)
         _wait_for_lock(tracking.checkpoint_root / f"{cell.hash}.lock")
