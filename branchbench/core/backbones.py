@@ -42,6 +42,12 @@ class BlockSpec:
         return self.make_shortcut() if self.make_shortcut is not None else nn.Identity()
 
 
+def _measure(make: Callable[[], nn.Module], measure: Callable[[nn.Module], int]) -> int:
+    """Build a throwaway module under a forked RNG, so counting never shifts the seed stream."""
+    with torch.random.fork_rng(devices=[]):
+        return measure(make())
+
+
 def _n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -94,29 +100,29 @@ class Backbone:
 
     @cached_property
     def block_params(self) -> list[int]:
-        return [_n_params(b.make()) for b in self.blocks]
+        return [_measure(b.make, _n_params) for b in self.blocks]
 
     @cached_property
     def shortcut_params(self) -> list[int]:
-        return [_n_params(b.shortcut()) for b in self.blocks]
+        return [_measure(b.shortcut, _n_params) for b in self.blocks]
 
     @cached_property
     def block_flops(self) -> list[int]:
-        return [_flops_per_sample(b.make(), b.in_shape) for b in self.blocks]
+        return [_measure(b.make, lambda m, s=b.in_shape: _flops_per_sample(m, s)) for b in self.blocks]
 
     @cached_property
     def shortcut_flops(self) -> list[int]:
-        return [_flops_per_sample(b.shortcut(), b.in_shape) for b in self.blocks]
+        return [_measure(b.shortcut, lambda m, s=b.in_shape: _flops_per_sample(m, s)) for b in self.blocks]
 
     @property
     def shared_bottom_params(self) -> int:
         return sum(self.block_params)
 
     def head_params(self, task: TaskSpec) -> int:
-        return _n_params(self.make_head(task))
+        return _measure(lambda: self.make_head(task), _n_params)
 
     def head_flops(self, task: TaskSpec) -> int:
-        return _flops_per_sample(self.make_head(task), self.blocks[-1].out_shape)
+        return _measure(lambda: self.make_head(task), lambda m: _flops_per_sample(m, self.blocks[-1].out_shape))
 
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, blocks={self.block_names}, params/block={self.block_params})"

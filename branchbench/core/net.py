@@ -35,24 +35,37 @@ from branchbench.core.plan import Plan, PlanError, Prefix
 from branchbench.core.tasks import TaskSpec
 
 
+FUSE_MIN_SIBLINGS_CUDA = 8
+
+
 def fuse_rule(
     backbone: Backbone, device: torch.device | str | None, plan: Plan, level: int
 ) -> bool:
     """Whether block ``level`` runs its sibling nodes as one batched (vmap) call.
 
     A fixed rule of (backbone, device, plan), never a timing taken at run time:
-    fuse when the block is ``fusable`` and at least two non-skip activations are
-    computed there. Fusable blocks are the buffer-free MLP blocks, whose batched
-    matmul beat a loop on every device measured (4-30x for 4-30 siblings on an
-    H100), so ``device`` does not change the answer today; it is an argument so a
-    future rule may depend on it. Convolutional blocks hold BatchNorm buffers and
-    are not fusable, so they are never fused (grouped convolution was also measured
-    as no faster than a loop at 64 channels; see DESIGN.md).
+    fuse only on CUDA, only fusable (buffer-free MLP) blocks, and only where at
+    least ``FUSE_MIN_SIBLINGS_CUDA`` non-skip activations are computed. Measured
+    forward+backward, batch 256, MLP 64 -> 4 x 256 (benchmarks/gpu_branchednet.py
+    and benchmarks/test_bench_net.py):
+
+    * H100, bf16: fused/plain speed-up 0.58x (shared, 1 node), 0.75x (9 tasks in
+      groups of 3: 3 siblings), 1.59x (9 independent), 1.23x (40 tasks, ~14
+      siblings), 2.42x (40 independent): fusing pays from about 8 siblings on.
+    * CPU (2 cores, fp32): fused was 1.3-1.9x *slower* everywhere (under vmap the
+      bias and LayerNorm affine become separate broadcast ops and the weights are
+      re-stacked every step), so the CPU never fuses.
+
+    Convolutional blocks hold BatchNorm buffers and are not fusable, so they are
+    never fused (grouped convolution was also measured as no faster than a loop at
+    64 channels; see DESIGN.md).
     """
-    del device  # the rule is device-independent for the blocks that can fuse today
+    if device is None or torch.device(device).type != "cuda":
+        return False
     if not backbone.blocks[level].fusable:
         return False
-    return sum(1 for key in plan.activations(level) if key[-1] is not None) >= 2
+    siblings = sum(1 for key in plan.activations(level) if key[-1] is not None)
+    return siblings >= FUSE_MIN_SIBLINGS_CUDA
 
 
 class BranchedNet(nn.Module):

@@ -29,10 +29,14 @@ class Retrained:
     metrics: dict[str, float]  # "val.<task>.<metric>" and "test.<task>.<metric>"
 
 
-def build_net(bench: Benchmark, plan: Plan, seed: int) -> BranchedNet:
-    """A freshly initialised BranchedNet; the seed fixes its initial weights."""
+def build_net(bench: Benchmark, plan: Plan, seed: int, device: torch.device | str | None = None) -> BranchedNet:
+    """A freshly initialised BranchedNet; the seed fixes its initial weights.
+
+    ``device`` picks the fused or plain sibling execution (a fixed rule); the
+    weights are the same either way.
+    """
     seed_everything(seed)
-    return BranchedNet(plan, bench.backbone, bench.tasks)
+    return BranchedNet(plan, bench.backbone, bench.tasks, device=device)
 
 
 def evaluate_net(trainer: Trainer, net: torch.nn.Module, bench: Benchmark, splits=("val", "test")) -> dict[str, float]:
@@ -52,7 +56,7 @@ def retrain(
     init_state: dict[str, torch.Tensor] | None = None,
 ) -> Retrained:
     """Train ``plan`` from scratch (or from ``init_state``), select on val, score val and test."""
-    net = build_net(bench, plan, seed)
+    net = build_net(bench, plan, seed, trainer.device)
     if init_state is not None:
         missing, unexpected = net.load_state_dict(init_state, strict=False)
         if missing:
