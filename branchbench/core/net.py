@@ -34,7 +34,6 @@ from branchbench.core.backbones import Backbone
 from branchbench.core.plan import Plan, PlanError, Prefix
 from branchbench.core.tasks import TaskSpec
 
-
 FUSE_MIN_SIBLINGS_CUDA = 8
 
 

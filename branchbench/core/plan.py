@@ -363,11 +363,13 @@ class Plan:
             ax.plot([px, x], [-(depth - 1), -depth], color="0.5", lw=1, zorder=1)
             node = key[-1]
             skip = node is None
-            ax.scatter([x], [-depth], s=80, marker="s" if not skip else "x",
-                       c="white" if not skip else "0.4", edgecolors="black", zorder=3)
+            if skip:
+                ax.scatter([x], [-depth], s=80, marker="x", c="0.4", zorder=3)
+            else:
+                ax.scatter([x], [-depth], s=80, marker="s", c="white", edgecolors="black", zorder=3)
             label = "skip" if skip else f"n{node}"
             ax.annotate(label, (x, -depth), textcoords="offset points", xytext=(7, 2), fontsize=7)
-        for i, (key, tasks) in enumerate(leaves):
+        for i, (_, tasks) in enumerate(leaves):
             for j, task in enumerate(tasks):
                 color = palette(groups[task] % 10) if groups and task in groups else "black"
                 ax.annotate(task, (float(i), -self.n_blocks), textcoords="offset points",
