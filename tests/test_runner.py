@@ -198,7 +198,8 @@ def test_sigkill_mid_cell_then_rerun_finishes_each_cell_once(template_db, tmp_pa
         output = proc.communicate()[0]
     assert proc.returncode == -signal.SIGKILL, output
     tracking = Tracking(uri)
-    assert [r.info.status for r in cell_runs(tracking)] == ["RUNNING"]  # killed mid-cell
+    [killed] = cell_runs(tracking)
+    assert killed.info.status == "RUNNING"  # killed mid-cell
 
     result = run_sweep(load_config(config), tracking)
     assert result.exit_status == 0
@@ -207,6 +208,10 @@ def test_sigkill_mid_cell_then_rerun_finishes_each_cell_once(template_db, tmp_pa
     statuses = sorted(r.info.status for r in cell_runs(tracking))
     assert statuses == ["FINISHED", "FINISHED", "KILLED"]
     assert len(tracking.runs("tags.`bb.kind` = 'sweep'")) == 1  # the re-run resumed the same parent
+    # the interrupted cell continued from its checkpoint instead of starting over
+    resumed = tracking.finished_run(killed.data.tags["bb.config_hash"])
+    steps = [m.step for m in tracking.client.get_metric_history(resumed.info.run_id, "train/train_loss")]
+    assert steps and min(steps) >= 1 and max(steps) == 59
 
 
 def test_two_sweeps_racing_on_one_store_finish_each_cell_once(template_db, tmp_path):
