@@ -40,12 +40,15 @@ budget ratios (``candidates.csv``), and the search summary (``search.json``:
 search kind, number of trees evaluated, cap, chosen score). The chosen tree is
 ``plan.json``/``plan.png`` of the run.
 
-Choices where the paper is silent (the authors' public repository,
+This follows the RSA version of the paper (arXiv 1904.02920 v5 / BMVC 2020;
+v1 used a different affinity). Choices where the paper is silent (the authors' public repository,
 ``SimonVandenhende/Multi-Task-Learning-PyTorch``, holds no code of this method,
 so these are ours):
 
-* ``n_samples=256`` inputs from the validation split, a random subset seeded by
-  the run's seed (the split's first samples may be ordered).
+* ``n_samples=500`` inputs from the validation split (500 is what the RSA
+  source, Dwivedi & Roig CVPR 2019, and the TreeMTL reimplementation of this
+  method use), a random subset seeded by the run's seed (the split's first
+  samples may be ordered).
 * A sample whose feature vector is constant has an undefined Pearson
   correlation; it is treated as uncorrelated with every other sample (RDM
   entry 1). Two tasks whose RDM triangles are constant get affinity 0.
@@ -56,12 +59,23 @@ so these are ours):
 
 **Differences from the paper**: branch points are every block output of the
 backbone (the paper uses a few hand-picked locations, e.g. after each ResNet
-stage); the budget is the suite's parameter ratio to shared-bottom rather than
-the paper's FLOP/parameter budget per experiment; the paper enumerates all
+stage); the budget is the suite's parameter ratio to shared-bottom (heads excluded: they are
+the same in every tree, so this never changes the ranking) rather than the
+paper's absolute number of parameters; the paper enumerates all
 trees and does not say how it searched CelebA's 40 tasks, whereas beyond
 ``exact_max_tasks`` tasks we use the documented beam search, which is exact
-only with an unbounded beam; the single-task networks are trained with the
-suite's protocol rather than the paper's.
+only with an unbounded beam (measured: the default beam found the optimum on
+88 of 100 random 6-task instances, mean relative gap 0.9%, and missed it on 7
+of 12 random 7-task instances, mean score gap 0.04); the single-task networks are trained with the
+suite's protocol rather than the paper's, as one ``independent`` network (T
+disjoint copies) whose early-stopping epoch is chosen on the total validation
+loss rather than per task.
+
+**Observed**: on the default synthetic data the affinities show the true
+groups clearly (about 0.45 within, 0.03 across at the last block), yet the
+paper's cost prefers peeling single tasks off (a singleton cluster costs 0,
+halving that block's mean), so the chosen tree rarely equals the true
+grouping. We keep the paper's cost; see the report.
 """
 
 from __future__ import annotations
@@ -149,7 +163,7 @@ class BranchedAffinity(Method):
     budget_aware = True
     tags = frozenset({"needs_reference"})
     options = {
-        "n_samples": Option(256, "held-out inputs K whose RDMs are compared", low=3, high=100_000),
+        "n_samples": Option(500, "held-out inputs K whose RDMs are compared", low=3, high=100_000),
         "split": Option("val", "split the K inputs come from", choices=("val", "train")),
         "default_budget": Option(
             2.0, "budget ratio used when no budget is given (the cost alone favours independent)",
