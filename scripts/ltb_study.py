@@ -43,6 +43,8 @@ def run_study(tracking: Tracking, variants: list[dict], seeds: list[int], datase
             if outcome.status not in ("finished", "skipped"):
                 raise SystemExit(f"{method} {options} seed {seed} {outcome.status}: {outcome.error}")
             metrics = dict(tracking.get_run(outcome.run_id).data.metrics)
+            print(f"seed {seed} {method} {json.dumps(options)}: Δm {metrics['delta_m']:+.2f} "
+                  f"recovered {metrics.get('grouping.recovered', float('nan')):.0f}", flush=True)
             records.append({"method": method, "variant": json.dumps(options, sort_keys=True), "seed": seed,
                             "metrics": metrics})
     return records
