@@ -6,8 +6,9 @@ one unless ``--tracking-uri`` is given; finished cells are reused, so a second
 invocation only prints). The tables are built from what MLflow holds:
 
 * per variant and seed: ARI of each block's partition against the true groups,
-  recovered or not, Δm (vs independent), the smallest top-parent probability
-  per child block at the end of search, the co-sharing gap per block;
+  recovered or not, Δm (vs independent) beside shared-bottom's, the smallest
+  top-parent probability per child block at the end of search (over the
+  children some task reaches), the co-sharing gap per block;
 * per method: mean ± std of Δm over the seeds, and the recovery rate.
 
 Usage::
@@ -57,7 +58,7 @@ def _fmt(values: list[float]) -> str:
 def print_tables(records: list[dict]) -> None:
     blocks = sorted({k[len("grouping.ari."):] for r in records for k in r["metrics"] if k.startswith("grouping.ari.")})
     print("\n## Per seed (learn_to_branch variants)")
-    print(f"| variant | seed | ARI per block ({', '.join(blocks)}) | recovered | Δm | Δm SB | min top p | coshare gap |")
+    print(f"| variant | seed | ARI per block ({', '.join(blocks)}) | recovered | Δm | Δm SB | min top p (reached children) | coshare gap |")
     print("|---|---|---|---|---|---|---|---|")
     by_seed_sb = {r["seed"]: r["metrics"]["delta_m"] for r in records if r["method"] == "shared_bottom"}
     for r in records:
@@ -65,7 +66,7 @@ def print_tables(records: list[dict]) -> None:
             continue
         m = r["metrics"]
         aris = [m[f"grouping.ari.{b}"] for b in blocks]
-        tops = [v for k, v in sorted(m.items()) if k.startswith("search/ltb/min_top_prob.")]
+        tops = [v for k, v in sorted(m.items()) if k.startswith("search/ltb/min_top_prob_used.")]
         gaps = [m[f"search/ltb/coshare_gap.{b}"] for b in blocks if f"search/ltb/coshare_gap.{b}" in m]
         print(f"| {r['variant']} | {r['seed']} | {_fmt(aris)} | {'yes' if m['grouping.recovered'] else 'no'} | "
               f"{m['delta_m']:+.2f} | {by_seed_sb.get(r['seed'], float('nan')):+.2f} | {_fmt(tops)} | {_fmt(gaps)} |")
