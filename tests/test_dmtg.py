@@ -1,0 +1,100 @@
+"""DMTG: K from the budget, pruning to a tree Plan with exact weights, assignment commitment."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from _tiny import TINY, tiny_bench
+
+from branchbench.cell import CellConfig, run_cell
+from branchbench.context import LocalContext
+from branchbench.core.budget import Budget, BudgetError
+from branchbench.core.net import BranchedNet
+from branchbench.core.retrain import seed_everything
+from branchbench.methods.dmtg import DMTG, DMTGSupernet, groups_for_budget
+
+
+def test_k_is_the_largest_tree_under_the_cap():
+    params = [10, 20, 20, 20]  # stem = block 0, a branch = 60
+    assert groups_for_budget(params, 1, 9, cap=10 + 3 * 60) == 3
+    assert groups_for_budget(params, 1, 9, cap=10 + 3 * 60 - 1) == 2
+    assert groups_for_budget(params, 1, 9, cap=float("inf")) == 9  # uncapped: one per task at most
+    bench = tiny_bench()
+    assert DMTG(shared_blocks=1)._groups(bench, Budget(1.0)) == 1  # shared-bottom's size
+    assert DMTG(shared_blocks=1)._groups(bench, Budget(None)) == len(bench.tasks)
+    with pytest.raises(BudgetError, match="over the budget"):
+        DMTG(k=3, shared_blocks=1)._groups(bench, Budget(1.5))
+    with pytest.raises(ValueError, match="shared_blocks"):
+        DMTG(shared_blocks=3)._groups(bench, Budget(None))
+
+
+@pytest.mark.parametrize("shared_blocks", [0, 1])
+def test_pruned_network_predicts_like_the_supernet_restricted_to_its_heads(shared_blocks):
+    bench = tiny_bench()
+    seed_everything(0)
+    net = DMTGSupernet(bench, k=3, shared_blocks=shared_blocks, identical_init=False)
+    with torch.no_grad():  # a made-up assignment that leaves branch 1 empty
+        net.theta.copy_(torch.tensor([[5.0, 0, 0], [0, 0, 5.0], [5.0, 0, 0], [0, 0, 5.0]]))
+    plan, state = net.prune()
+    assert plan.is_tree and plan.nodes_used(2) == [0, 1]  # the empty branch is pruned
+    assert plan.partition(2) == [frozenset({"t0", "t2"}), frozenset({"t1", "t3"})]
+    pruned = BranchedNet(plan, bench.backbone, bench.tasks)
+    pruned.load_state_dict(state, strict=True)  # exactly the plan's weights, nothing left over
+    x = bench.splits["val"].x[:32]
+    net.eval(), pruned.eval()
+    with torch.no_grad():
+        full = net.branch_predictions(x)
+        got = pruned(x)
+    for task, branch in {"t0": 0, "t1": 2, "t2": 0, "t3": 2}.items():
+        torch.testing.assert_close(got[task], full[branch][task])
+
+
+def _same_branch_rates(bench, seeds, **options):
+    """P(same argmax branch) over same-group and different-group task pairs, and mean commitment."""
+    same, diff, commit = [], [], []
+    for seed in seeds:
+        seed_everything(seed)
+        ctx = LocalContext(bench, seed=seed)
+        result = DMTG(k=2, **options).search(bench, Budget(None), ctx)
+        assignment = ctx.artifacts["assignment.json"]["assignment"]
+        for a, b in itertools.combinations(bench.task_names, 2):
+            together = float(assignment[a] == assignment[b])
+            (same if bench.groups[a] == bench.groups[b] else diff).append(together)
+        commit.append(result.cost["commitment"])
+    return sum(same) / len(same), sum(diff) / len(diff), sum(commit) / len(commit)
+
+
+def test_assignment_commits_and_groups_similar_tasks():
+    """Low noise, logits slower than the weights: same-group tasks share a branch more often.
+
+    (With the default logit_lr_mult=10 the logits commit before the branches
+    specialise and this configuration pairs same-group tasks *less* often.)
+    """
+    bench = tiny_bench(epochs=30, noise=0.1, n_train=512)
+    same, diff, commit = _same_branch_rates(bench, seeds=range(3), logit_lr_mult=3.0, search_epochs=90)
+    assert commit > 0.8, f"the assignment did not commit (mean max probability {commit:.2f})"
+    assert same > diff, f"same-group pairs together {same:.2f} <= different-group pairs {diff:.2f}"
+
+
+def test_search_logs_probabilities_and_carries_the_pruned_weights(tmp_path):
+    bench = tiny_bench(epochs=2)
+    ctx = LocalContext(bench, seed=0)
+    result = DMTG(k=2).search(bench, Budget(None), ctx)
+    assert len(ctx.curve("search/dmtg.p.t0.g1")) == 2  # one value per epoch
+    assert ctx.curve("search/dmtg.tau") == [2.5, 2.5]
+    net = BranchedNet(result.plan, bench.backbone, bench.tasks)
+    net.load_state_dict(result.init_state, strict=True)
+    assert {"assignment.json", "assignment.png"} <= set(ctx.artifacts)
+
+
+def test_runs_as_a_cell(tracking):
+    config = CellConfig("synthetic", "dmtg", dict(TINY), {"k": 2}, budget=2.0,
+                        protocol={"epochs": 2, "batch_size": 64, "early_stopping": 0})
+    outcome = run_cell(config, tracking)
+    assert outcome.status == "finished", outcome.error
+    m = outcome.metrics
+    assert m["search.k"] == 2 and m["budget_ratio"] <= 2.0 and "grouping.recovered" in m
+    finetuned = run_cell(CellConfig(**{**config.__dict__, "finetune": True}), tracking)
+    assert finetuned.status == "finished", finetuned.error
