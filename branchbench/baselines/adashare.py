@@ -1,0 +1,397 @@
+"""AdaShare: per-task select-or-skip policies over one shared backbone (Sun et al., NeurIPS 2020).
+
+Every task uses the same weights (node 0 of each block). Each task t has
+logits ``(blocks x 2)`` over {select, skip} per block; training relaxes them
+with Gumbel-softmax (soft by default) and runs, per task,
+
+    x_{l+1} = p_select[t, l] * block_l(x_l) + p_skip[t, l] * shortcut_l(x_l)
+
+Two tasks share block l's activation when they select it along the same path.
+The search, re-derived from the paper and its public reference code
+(github.com/sunxm2357/AdaShare: ``train.py``, ``envs/blockdrop_env.py``,
+``models/adashare.py``, ``yamls/adashare/nyu_v2_3task.yml``):
+
+* warm-up with every block executed, weights only (the reference: 4000 of
+  20000 iterations, here ``warmup_fraction`` of the epochs);
+* then alternate weight updates, on one part of the training split, with
+  soft policies sampled, and policy updates (Adam, lr 0.01, weight decay
+  5e-4, logits initialised equal at 0.5) on a held-out part of the training
+  split (the trainer's holdout; the validation split is not used here);
+* the temperature starts at 5 and decays by x0.965 after each policy phase;
+* a curriculum: after ``p`` policy phases only the last ``p // speed + 1``
+  blocks have learnable policies; earlier blocks are executed (policy fixed
+  to select) and their logits do not change while locked;
+* the policy loss is the task losses + ``sparsity_weight`` x sparsity (cross
+  entropy of each unlocked block's logits towards *skip*, i.e. less compute;
+  mean over blocks, summed over tasks) + ``sharing_weight`` x sharing
+  ``sum_{t1<t2} sum_l w_l |a_{t1,l} - a_{t2,l}|`` on the *select* logits.
+
+The sharing weights ``w_l``, checked in both sources: the paper weights block l
+(1-based) by ``(L - l) / L``, so shallow blocks are pushed harder to be shared
+(low-level features are generic); the reference code's ``get_hamming_loss``
+uses ``(l + 1) / L`` (0-based), which grows with depth, the opposite
+direction. We follow the paper by default, as ``(L - l) / L`` for 0-based l
+(weights 1 .. 1/L, so the last block still counts, which the 1-based formula
+would drop); ``sharing_direction="code"`` gives the reference code's.
+
+After the search, policies are sampled from the learned distribution
+(``samples`` draws; the reference retrains several sampled policies and keeps
+the best on validation). Each distinct sample is scored by the supernet's
+validation loss with that hard policy, and the best becomes the Plan: node 0
+where a task selects a block, ``None`` where it skips. The cell retrains it
+from scratch; ``init_state`` carries the shared search weights.
+
+Differences from the paper: (1) weight and policy updates interleave step by
+step (one policy step on a held-out batch after each weight step) instead of
+one full pass over each half of the training set; a *policy phase* is one
+epoch, which drives the temperature decay and the curriculum. (2) Samples are
+ranked by the supernet's validation loss, not after retraining each of them
+(a method never retrains). (3) Locked logits are held fixed exactly; in the
+reference the sharing term and the optimiser's weight decay still move them.
+(4) The network weights use the benchmark protocol's optimiser (the reference
+switches to SGD after warm-up). (5) Buffer-free (fusable) blocks run all
+tasks' distinct inputs as one concatenated batch; this is exact because the
+weights are shared. Blocks with BatchNorm run per distinct input, as the
+reference runs the backbone per task. Where the paper is silent: the hold-out
+fraction is one half (the reference's train1/train2 split), the regulariser
+weights are those of the reference's NYU-v2 3-task config, and the search runs
+for the benchmark protocol's epochs without early stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from branchbench.core.benchmark import Benchmark
+from branchbench.core.budget import Budget
+from branchbench.core.method import Method, Option, RunContext, SearchResult
+from branchbench.core.plan import Plan
+from branchbench.core.tasks import multitask_loss
+from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
+from branchbench.methods._gumbel import gumbel_softmax
+
+SELECT, SKIP = 0, 1
+
+
+def sharing_weights(n_blocks: int, direction: str = "paper") -> Tensor:
+    """Per-block weights of the sharing term: ``(L - l)/L`` (paper) or ``(l + 1)/L`` (code), 0-based l."""
+    index = torch.arange(n_blocks, dtype=torch.float32)
+    if direction == "paper":
+        return (n_blocks - index) / n_blocks
+    if direction == "code":
+        return (index + 1) / n_blocks
+    raise ValueError(f"sharing direction {direction!r} is not 'paper' or 'code'")
+
+
+def sharing_loss(logits: Tensor, weights: Tensor) -> Tensor:
+    """``sum_{t1<t2} sum_l w_l |logits[t1,l,select] - logits[t2,l,select]|`` (zero when policies agree)."""
+    select = logits[..., SELECT]  # tasks x blocks
+    diff = (select.unsqueeze(0) - select.unsqueeze(1)).abs()  # tasks x tasks x blocks
+    return (diff * weights.to(diff)).sum() / 2  # each unordered pair once
+
+
+def sparsity_loss(logits: Tensor, n_unlocked: int) -> Tensor:
+    """Cross entropy of the unlocked (last) blocks' logits towards skip: mean per task, summed."""
+    part = logits[:, logits.shape[1] - n_unlocked :, :]
+    target = torch.full(part.shape[:2], SKIP, dtype=torch.long, device=logits.device)
+    return F.cross_entropy(part.flatten(0, 1).float(), target.flatten(), reduction="none").view(
+        part.shape[:2]
+    ).mean(dim=1).sum()
+
+
+class AdaShareSupernet(nn.Module):
+    """One shared backbone, per-task select/skip logits, and the policy state of the search.
+
+    ``mode`` selects the policy a forward pass uses: ``"all"`` executes every
+    block (warm-up), ``"sample"`` draws a soft Gumbel-softmax policy,
+    ``"expected"`` uses the softmax probabilities, ``"fixed"`` uses
+    ``fixed_policy``. In the last three the first ``n_blocks - n_unlocked``
+    blocks are forced to select (the curriculum).
+    """
+
+    def __init__(self, bench: Benchmark) -> None:
+        super().__init__()
+        backbone = bench.backbone
+        self.backbone = backbone  # read by the trainer (convolutional -> channels_last)
+        self.tasks = list(bench.tasks)
+        self.task_names = [t.name for t in self.tasks]
+        self.blocks = nn.ModuleList(spec.make() for spec in backbone.blocks)
+        self.shortcuts = nn.ModuleList(spec.shortcut() for spec in backbone.blocks)
+        self.heads = nn.ModuleDict({t.name: backbone.make_head(t) for t in self.tasks})
+        self.fusable = [spec.fusable for spec in backbone.blocks]
+        self.policy_logits = nn.Parameter(torch.full((len(self.tasks), len(backbone.blocks), 2), 0.5))
+        self.mode = "all"
+        self.tau = 5.0
+        self.n_unlocked = len(backbone.blocks)
+        self.fixed_policy: Tensor | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def n_locked(self) -> int:
+        return self.n_blocks - self.n_unlocked
+
+    def _lock(self, policy: Tensor) -> Tensor:
+        """Force the locked (first) blocks to select."""
+        if self.n_locked == 0:
+            return policy
+        forced = torch.zeros_like(policy[:, : self.n_locked])
+        forced[..., SELECT] = 1.0
+        return torch.cat([forced, policy[:, self.n_locked :]], dim=1)
+
+    def policy(self) -> Tensor | None:
+        """The tasks x blocks x {select, skip} weights of this forward pass (None = all executed)."""
+        if self.mode == "all":
+            return None
+        if self.mode == "sample":
+            return self._lock(gumbel_softmax(self.policy_logits.float(), self.tau))
+        if self.mode == "expected":
+            return self._lock(torch.softmax(self.policy_logits.float(), dim=-1))
+        if self.mode == "fixed":
+            if self.fixed_policy is None:
+                raise RuntimeError("AdaShareSupernet: mode 'fixed' needs fixed_policy to be set")
+            return self.fixed_policy.to(self.policy_logits.device)
+        raise ValueError(f"unknown policy mode {self.mode!r}")
+
+    def select_probabilities(self) -> Tensor:
+        """p(select) per task and block, locked blocks included as they are (not forced)."""
+        return torch.softmax(self.policy_logits.detach().float(), dim=-1)[..., SELECT]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.run(x, self.policy())
+
+    def run(self, x: Tensor, policy: Tensor | None) -> dict[str, Tensor]:
+        """Per-task predictions under ``policy``, each distinct block input computed once.
+
+        Tasks whose weights so far were exactly select (1, 0) or exactly skip
+        (0, 1) at the same blocks share their activation; a mixed weight gives
+        the task an activation of its own from then on.
+        """
+        n_tasks = len(self.tasks)
+        groups: list[tuple[Tensor, list[int]]] = [(x, list(range(n_tasks)))]
+        exact = None if policy is None else policy.detach().cpu()
+        for level in range(self.n_blocks):
+            need_skip = exact is not None and bool((exact[:, level, SKIP] != 0).any())
+            outs = self._blocks_on(level, [inp for inp, _ in groups], need_skip)
+            new: list[tuple[Tensor, list[int]]] = []
+            for (block_out, short_out), (_, members) in zip(outs, groups, strict=True):
+                selected, skipped, mixed = [], [], []
+                for t in members:
+                    if exact is None or (exact[t, level, SELECT] == 1 and exact[t, level, SKIP] == 0):
+                        selected.append(t)
+                    elif exact[t, level, SELECT] == 0 and exact[t, level, SKIP] == 1:
+                        skipped.append(t)
+                    else:
+                        mixed.append(t)
+                if selected:
+                    new.append((block_out, selected))
+                if skipped:
+                    new.append((short_out, skipped))
+                for t in mixed:
+                    p = policy[t, level].to(block_out.dtype)
+                    new.append((p[SELECT] * block_out + p[SKIP] * short_out, [t]))
+            groups = new
+        out: dict[str, Tensor] = {}
+        for feat, members in groups:
+            for t in members:
+                name = self.task_names[t]
+                out[name] = self.heads[name](feat)
+        return out
+
+    def _blocks_on(self, level: int, inputs: Sequence[Tensor], need_skip: bool) -> list[tuple[Tensor, Tensor | None]]:
+        """(block(x), shortcut(x) or None) for each distinct input; one batched call where fusable."""
+        block, shortcut = self.blocks[level], self.shortcuts[level]
+        if self.fusable[level] and len(inputs) > 1:
+            sizes = [inp.shape[0] for inp in inputs]
+            joined = torch.cat(list(inputs))
+            block_outs = block(joined).split(sizes)
+            short_outs = shortcut(joined).split(sizes) if need_skip else [None] * len(inputs)
+            return list(zip(block_outs, short_outs, strict=True))
+        return [(block(inp), shortcut(inp) if need_skip else None) for inp in inputs]
+
+    # ------------------------------------------------------------ final plan
+    def plan_of(self, policy: Tensor, blocks: Sequence[str]) -> Plan:
+        """A hard policy as a Plan: node 0 where a task selects, None where it skips."""
+        nodes = {
+            name: [0 if policy[t, level, SELECT] > 0.5 else None for level in range(self.n_blocks)]
+            for t, name in enumerate(self.task_names)
+        }
+        return Plan(self.task_names, blocks, nodes)
+
+    def weights_for(self, plan: Plan) -> dict[str, Tensor]:
+        """The shared search weights in BranchedNet's layout for ``plan``."""
+        state: dict[str, Tensor] = {}
+
+        def put(prefix: str, module: nn.Module) -> None:
+            for key, value in module.state_dict().items():
+                state[f"{prefix}.{key}"] = value.detach().cpu().clone()
+
+        for level in range(self.n_blocks):
+            if plan.nodes_used(level):
+                put(f"blocks.{level}.0", self.blocks[level])
+            if plan.has_skip(level):
+                put(f"shortcuts.{level}", self.shortcuts[level])
+        for name in self.task_names:
+            put(f"heads.{name}", self.heads[name])
+        return state
+
+
+class _Curriculum(Hook):
+    """Warm-up, temperature decay, curriculum and locked logits, all from the epoch number.
+
+    Everything is a function of ``fit.epoch``, so a resumed search continues
+    exactly; the hook keeps no state of its own beyond one step's snapshot.
+    """
+
+    def __init__(self, net: AdaShareSupernet, params: dict, warmup_epochs: int) -> None:
+        self.net = net
+        self.p = params
+        self.warmup_epochs = warmup_epochs
+        self._snapshot: Tensor | None = None
+        self._frozen: list[nn.Parameter] = []
+
+    def on_epoch_start(self, fit: FitState) -> None:
+        net, p = self.net, self.p
+        phase = fit.epoch - self.warmup_epochs
+        if phase < 0:
+            net.mode, net.n_unlocked, net.tau = "all", net.n_blocks, p["tau"]
+            return
+        net.mode = "sample"
+        net.tau = p["tau"] * p["tau_decay"] ** phase
+        net.n_unlocked = min(net.n_blocks, phase // p["curriculum_speed"] + 1) if p["curriculum"] else net.n_blocks
+
+    def on_step_start(self, fit: FitState, phase: str) -> None:
+        if phase != "policy":
+            return
+        self._snapshot = self.net.policy_logits.detach().clone()
+        self._frozen = [q for name, q in self.net.named_parameters() if name != "policy_logits" and q.requires_grad]
+        for q in self._frozen:  # weights get no gradient in a policy step (only saves work)
+            q.requires_grad_(False)
+
+    def on_step_end(self, fit: FitState, phase: str, loss: float) -> None:
+        if phase != "policy":
+            return
+        for q in self._frozen:
+            q.requires_grad_(True)
+        locked = self.net.n_locked
+        if locked and self._snapshot is not None:
+            with torch.no_grad():
+                self.net.policy_logits[:, :locked] = self._snapshot[:, :locked]
+        self._snapshot = None
+
+    def on_epoch_end(self, fit: FitState, logs: dict[str, float]) -> None:
+        net = self.net
+        logs["adashare.tau"] = net.tau
+        logs["adashare.unlocked_blocks"] = float(net.n_unlocked if net.mode != "all" else 0)
+        probs = net.select_probabilities().cpu()
+        for t, name in enumerate(net.task_names):
+            for level, block in enumerate(net.backbone.block_names):
+                logs[f"adashare.p_select.{name}.{block}"] = float(probs[t, level])
+
+
+class AdaShare(Method):
+    """Learned per-task select-or-skip policies over shared weights; not budget-aware."""
+
+    name = "adashare"
+    budget_aware = False
+    tags = frozenset({"search", "skips", "stochastic"})
+    options = {
+        "tau": Option(5.0, "initial Gumbel-softmax temperature (the reference: 5)", low=1e-3, high=100.0),
+        "tau_decay": Option(0.965, "temperature factor per policy phase (the reference: 0.965)", low=0.01, high=1.0),
+        "warmup_fraction": Option(0.2, "fraction of epochs with every block executed (the reference: 0.2)",
+                                  low=0.0, high=0.95),
+        "curriculum": Option(True, "unlock policies from the last block backwards"),
+        "curriculum_speed": Option(3, "policy phases per newly unlocked block (the reference: 3)", low=1),
+        "policy_lr": Option(0.01, "Adam learning rate of the policy logits", low=1e-6, high=10.0),
+        "policy_weight_decay": Option(5e-4, "weight decay of the policy logits", low=0.0, high=1.0),
+        "sparsity_weight": Option(0.001, "weight of the sparsity term (NYU-v2 3-task config)", low=0.0),
+        "sharing_weight": Option(0.05, "weight of the sharing term (NYU-v2 3-task config)", low=0.0),
+        "sharing_direction": Option("paper", "per-block sharing weights: paper (L-l)/L or code (l+1)/L",
+                                    choices=("paper", "code")),
+        "holdout_fraction": Option(0.5, "part of the training split used for policy steps", low=0.05, high=0.95),
+        "samples": Option(8, "policies sampled at the end; the best on validation is kept", low=1, high=1000),
+        "search_epochs": Option(0, "supernet epochs; 0 = the benchmark protocol's", low=0, high=100_000),
+    }
+
+    def search(self, bench: Benchmark, budget: Budget, ctx: RunContext) -> SearchResult:
+        del budget  # not budget-aware (DESIGN.md)
+        p = self.params
+        net = AdaShareSupernet(bench)
+        protocol = bench.protocol.replace(early_stopping=0)
+        if p["search_epochs"]:
+            protocol = protocol.replace(epochs=p["search_epochs"])
+        warmup = min(protocol.epochs - 1, int(round(p["warmup_fraction"] * protocol.epochs)))
+        weights = sharing_weights(net.n_blocks, p["sharing_direction"])
+
+        def task_loss(model: AdaShareSupernet, x: Tensor, y: dict[str, Tensor]):
+            return multitask_loss(model.tasks, model(x), y)
+
+        def policy_loss(model: AdaShareSupernet, x: Tensor, y: dict[str, Tensor]):
+            total, per_task = multitask_loss(model.tasks, model(x), y)
+            logits = model.policy_logits.float()
+            total = total + p["sparsity_weight"] * sparsity_loss(logits, model.n_unlocked)
+            total = total + p["sharing_weight"] * sharing_loss(logits, weights)
+            return total, per_task
+
+        def val_loss(model: AdaShareSupernet, x: Tensor, y: dict[str, Tensor]):
+            policy = None if model.mode == "all" else model._lock(torch.softmax(model.policy_logits.float(), -1))
+            return multitask_loss(model.tasks, model.run(x, policy), y)
+
+        extra = ExtraOptimizer(
+            "policy",
+            [net.policy_logits],
+            lambda params: torch.optim.Adam(params, lr=p["policy_lr"], weight_decay=p["policy_weight_decay"]),
+            loss_fn=policy_loss,
+            start_epoch=warmup,
+        )
+        trainer = ctx.trainer("search", protocol)
+        fit = trainer.fit(
+            net, bench, loss_fn=task_loss, val_loss_fn=val_loss, hooks=[_Curriculum(net, p, warmup)],
+            extra=[extra], holdout_fraction=p["holdout_fraction"], early_stopping=False,
+        )
+
+        plan, scores = self._pick(net, bench, trainer, ctx.seed)
+        probs = net.select_probabilities().cpu()
+        ctx.log_artifact("policy.json", {
+            "p_select": {name: [round(float(v), 6) for v in probs[t]] for t, name in enumerate(net.task_names)},
+            "blocks": list(bench.backbone.block_names),
+            "samples": scores,
+        })
+        n_train = len(bench.splits["train"])
+        steps = math.ceil(round(n_train * (1 - p["holdout_fraction"])) / protocol.batch_size)
+        cost = {
+            "supernet_epochs": fit.epochs_run,
+            "supernet_steps": fit.epochs_run * steps,
+            "policy_steps": max(0, fit.epochs_run - warmup) * steps,
+            "samples_scored": len(scores),
+            "skip_fraction": sum(plan.nodes[t].count(None) for t in plan.tasks) / (len(plan.tasks) * plan.n_blocks),
+        }
+        return SearchResult(plan, cost=cost, init_state=net.weights_for(plan))
+
+    def _pick(self, net: AdaShareSupernet, bench: Benchmark, trainer, seed: int) -> tuple[Plan, list[dict]]:
+        """Sample hard policies from the learned distribution; keep the best by supernet val loss."""
+        gen = torch.Generator().manual_seed(seed * 7919 + 17)
+        p_select = net.select_probabilities().cpu()
+        blocks = bench.backbone.block_names
+        seen: dict[Plan, float] = {}
+        scores: list[dict] = []
+        net.mode = "fixed"
+        for _ in range(self.params["samples"]):
+            chosen = torch.rand(p_select.shape, generator=gen) < p_select
+            policy = torch.stack([chosen.float(), (~chosen).float()], dim=-1)
+            plan = net.plan_of(policy, blocks)
+            if plan not in seen:
+                net.fixed_policy = policy
+                seen[plan], _ = trainer.evaluate_loss(net, bench, bench.splits["val"].to(trainer.device),
+                                                      lambda m, x, y: multitask_loss(m.tasks, m(x), y))
+                scores.append({"nodes": plan.to_dict()["nodes"], "val_loss": seen[plan]})
+        net.mode = "expected"
+        best = min(seen, key=seen.__getitem__)
+        return best, scores

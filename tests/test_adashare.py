@@ -1,0 +1,126 @@
+"""AdaShare: policy sampling, plans with skips, the sharing term, the curriculum's locked logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _tiny import TINY, tiny_bench
+
+from branchbench.baselines.adashare import (
+    AdaShare,
+    AdaShareSupernet,
+    _Curriculum,
+    sharing_loss,
+    sharing_weights,
+    sparsity_loss,
+)
+from branchbench.cell import CellConfig, run_cell
+from branchbench.context import LocalContext
+from branchbench.core.budget import Budget
+from branchbench.core.net import BranchedNet
+from branchbench.core.retrain import seed_everything
+from branchbench.methods._gumbel import gumbel_softmax, sample_gumbel
+
+
+def test_soft_policy_tends_to_the_hard_sample_and_noiseless_is_the_argmax():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 2, generator=gen)  # tasks x blocks x {select, skip}
+    noise = sample_gumbel(logits.shape, generator=gen)
+    hard = gumbel_softmax(logits, 1.0, noise=noise, hard=True)
+    torch.testing.assert_close(gumbel_softmax(logits, 1e-4, noise=noise), hard)
+    argmax = torch.nn.functional.one_hot(logits.argmax(-1), 2).float()
+    torch.testing.assert_close(gumbel_softmax(logits, 1e-4, noise=torch.zeros_like(logits)), argmax)
+    assert not torch.equal(gumbel_softmax(logits, 1.0, noise=noise), hard)  # a real relaxation
+
+
+def test_hard_policy_supernet_equals_its_plan_in_branchednet():
+    bench = tiny_bench()
+    seed_everything(0)
+    net = AdaShareSupernet(bench)
+    select = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    policy = torch.stack([select.float(), (~select).float()], dim=-1)
+    plan = net.plan_of(policy, bench.backbone.block_names)
+    assert plan.has_skips and plan.nodes["t1"] == (None, 0, 0) and not plan.is_tree
+    pruned = BranchedNet(plan, bench.backbone, bench.tasks)
+    assert pruned.backbone_param_count() == plan.param_count(bench.backbone)
+    pruned.load_state_dict(net.weights_for(plan), strict=True)
+    x = bench.splits["val"].x[:16]
+    net.eval(), pruned.eval()
+    with torch.no_grad():
+        want = net.run(x, policy)
+        got = pruned(x)
+    for task in bench.task_names:
+        torch.testing.assert_close(got[task], want[task])
+
+
+def test_soft_forward_mixes_block_and_shortcut():
+    bench = tiny_bench()
+    net = AdaShareSupernet(bench)
+    x = bench.splits["val"].x[:8]
+    policy = torch.zeros(4, 3, 2)
+    policy[..., 0] = 1.0
+    policy[0, 2] = torch.tensor([0.25, 0.75])
+    with torch.no_grad():
+        mixed = net.run(x, policy)["t0"]
+        feat = x
+        for level in range(2):
+            feat = net.blocks[level](feat)
+        expected = net.heads["t0"](0.25 * net.blocks[2](feat) + 0.75 * net.shortcuts[2](feat))
+    torch.testing.assert_close(mixed, expected)
+
+
+def test_sharing_term_is_zero_for_equal_policies_and_grows_with_disagreement():
+    w = sharing_weights(3)
+    same = torch.zeros(4, 3, 2)
+    assert float(sharing_loss(same, w)) == 0.0
+    values = []
+    for gap in (0.5, 1.0, 2.0):
+        logits = same.clone()
+        logits[0, :, 0] = gap
+        values.append(float(sharing_loss(logits, w)))
+    assert 0 < values[0] < values[1] < values[2]
+    # the paper pushes shallow blocks harder to be shared; the reference code the opposite
+    assert w.tolist() == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert sharing_weights(3, "code").tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_sparsity_term_only_sees_unlocked_blocks_and_pushes_to_skip():
+    logits = torch.zeros(2, 3, 2, requires_grad=True)
+    sparsity_loss(logits, n_unlocked=1).backward()
+    assert torch.all(logits.grad[:, :2] == 0)
+    assert torch.all(logits.grad[:, 2, 1] < 0)  # descent raises the skip logit
+
+
+def test_locked_logits_stay_fixed_during_the_curriculum(monkeypatch):
+    seen: list[tuple[int, torch.Tensor]] = []  # (unlocked blocks, raw logits) after each epoch
+    original = _Curriculum.on_epoch_end
+
+    def record(self, fit, logs):
+        original(self, fit, logs)
+        seen.append((int(logs["adashare.unlocked_blocks"]), self.net.policy_logits.detach().clone()))
+
+    monkeypatch.setattr(_Curriculum, "on_epoch_end", record)
+    bench = tiny_bench(epochs=12)
+    ctx = LocalContext(bench, seed=0)
+    AdaShare(samples=2).search(bench, Budget(None), ctx)
+    assert [n for n, _ in seen] == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    initial = torch.full((4, 3, 2), 0.5)
+    for n, logits in seen:
+        locked = 3 if n == 0 else 3 - n
+        torch.testing.assert_close(logits[:, :locked], initial[:, :locked], rtol=0, atol=0)
+        if n:
+            assert not torch.equal(logits[:, locked:], initial[:, locked:])  # unlocked ones learn
+    tau = ctx.curve("search/adashare.tau")
+    assert tau[:3] == [5.0, 5.0, 5.0] and tau[3] == pytest.approx(5.0 * 0.965)
+    assert len(ctx.curve("search/adashare.p_select.t0.fc2")) == 12
+
+
+def test_runs_as_a_cell_and_logs_policies(tracking):
+    config = CellConfig("synthetic", "adashare", dict(TINY), {"samples": 3},
+                        protocol={"epochs": 4, "batch_size": 64, "early_stopping": 0})
+    outcome = run_cell(config, tracking)
+    assert outcome.status == "finished", outcome.error
+    m = outcome.metrics
+    assert "search.skip_fraction" in m and "latency_ms.b1" in m and m["budget_ratio"] <= 1.0 + 1e-9  # identity shortcuts
+    history = tracking.client.get_metric_history(outcome.run_id, "search/adashare.p_select.t0.fc2")
+    assert len(history) == 4
