@@ -56,10 +56,12 @@ reference implementation (the authors released none we could find):
   co-sharing gap (about 0 at lr 0.1) and no more recoveries, while taking 20%
   of the data from the weights.
 * **Search length**: ``epochs=0`` means ``epoch_factor`` (2.5) times the
-  protocol's epochs. The supernet has ``sum_l K_l`` nodes, each trained only
-  through the children that sample it, so it needs more steps than one network
-  for its parents to specialise; on the default synthetic cell 60 search epochs
-  recovered the groups in 0 of 5 seeds, 150 in 2 of 5.
+  protocol's epochs. The supernet has ``sum_l K_l`` nodes, each trained mostly
+  through the children that pick it, so its parents need more steps than one
+  network to specialise before the logits commit; on the default synthetic
+  cell 60 search epochs recovered the groups in 0 of 5 seeds, 150 in 2 of 5,
+  300 (same logit lr) in 0 of 5: the logits then commit before the parents
+  differ. Recovery is not robust to this choice (see the study's report).
 * The supernet is trained without early stopping, so the logits at the end of
   search (not those of the best validation epoch) define the architecture; in
   eval mode the supernet runs its argmax tree, so its validation loss curve is
