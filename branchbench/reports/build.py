@@ -108,12 +108,44 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
     for method, options in tables.hyperparameters(runs).items():
         text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"
         parts.append(f"- {method}: {text}")
+    deviations = method_deviations(sorted(runs["method"].unique()) if "method" in runs else [])
+    if deviations:
+        parts += ["", "## Differences from the papers", "",
+                  "Each method's own statement (the paragraph of its module docstring; see it for details).", ""]
+        parts += [f"- **{method}** (`{module}`): {text}" for method, (module, text) in deviations.items()]
     proto = tables.protocol(runs)
     if proto:
         parts += ["", "Training protocol: " + ", ".join(f"{k}={v}" for k, v in proto.items())]
     if report.figures:
         parts += ["", "## Figures", ""] + [f"![{name}]({name}.png)" for name in report.figures]
     return "\n".join(parts) + "\n"
+
+
+DEVIATION_MARKER = "differences from the paper"
+
+
+def method_deviations(methods: list[str]) -> dict[str, tuple[str, str]]:
+    """Per method: its module and the docstring paragraph on how it differs from its paper.
+
+    Methods that cannot be imported here, or that state no difference (the fixed
+    baselines), are left out.
+    """
+    import sys
+
+    from branchbench.plugins import RegistryError, get_method_class
+
+    out: dict[str, tuple[str, str]] = {}
+    for method in methods:
+        try:
+            cls = get_method_class(method)
+        except RegistryError:
+            continue
+        doc = sys.modules[cls.__module__].__doc__ or ""
+        for paragraph in doc.split("\n\n"):
+            if DEVIATION_MARKER in paragraph.lower():
+                out[method] = (cls.__module__, " ".join(paragraph.split()))
+                break
+    return out
 
 
 def write_report(report: DatasetReport, folder: Path) -> list[Path]:
