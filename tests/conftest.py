@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _tiny import tiny_bench
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -69,7 +69,10 @@ class ExtraOptimizer:
     Its parameters are excluded from the weight optimiser. From ``start_epoch``
     on (a warm-up before), one extra step follows every ``every`` weight steps,
     on the next batch of ``data``: ``"holdout"`` (the held-out part of the
-    training split; needs ``holdout_fraction > 0``) or ``"train"``.
+    training split; needs ``holdout_fraction > 0``) or ``"train"``. During a
+    warm-up (before any extra optimiser starts) the weights train on the whole
+    training split, as AdaShare's and Learn-to-Branch's warm-ups do; afterwards
+    on the part that is not held out.
     """
 
     name: str
@@ -242,7 +245,8 @@ class Trainer:
         if channels_last:
             model.to(memory_format=torch.channels_last)
 
-        train, holdout = self._holdout_split(bench.splits["train"].to(self.device), holdout_fraction)
+        full_train = bench.splits["train"].to(self.device)
+        train, holdout = self._holdout_split(full_train, holdout_fraction)
         val = bench.splits["val"].to(self.device)
         if any(e.data == "holdout" for e in extra) and holdout is None:
             raise ValueError("an extra optimiser trains on the holdout split; give holdout_fraction > 0")
@@ -250,8 +254,15 @@ class Trainer:
         claimed = {id(q) for e in extra for q in e.params}
         weights = [q for q in model.parameters() if q.requires_grad and id(q) not in claimed]
         optimizer = self._make_optimizer(weights)
+        def weight_split(epoch: int) -> Split:
+            # before any extra optimiser starts (a warm-up), weights see the whole train split
+            if holdout is not None and not any(epoch >= e.start_epoch for e in extra):
+                return full_train
+            return train
+
         steps_per_epoch = math.ceil(len(train) / p.batch_size)
-        schedule = self._make_schedule(optimizer, p.epochs * steps_per_epoch)
+        total_steps = sum(math.ceil(len(weight_split(e)) / p.batch_size) for e in range(p.epochs))
+        schedule = self._make_schedule(optimizer, total_steps)
         extra_opts = [e.make_optimizer(list(e.params)) for e in extra]
 
         fit = FitState(model=model, epochs=p.epochs, steps_per_epoch=steps_per_epoch)
@@ -297,7 +308,7 @@ class Trainer:
                 for i, (e, _) in enumerate(active)
             }
             total, count = 0.0, 0
-            for x, y in self._batches(train, fit.epoch, salt=0):
+            for x, y in self._batches(weight_split(fit.epoch), fit.epoch, salt=0):
                 for hook in hooks:
                     hook.on_step_start(fit, "weights")
                 loss = self._step(model, bench, x, y, loss_fn, optimizer, channels_last)

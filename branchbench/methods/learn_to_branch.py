@@ -375,6 +375,8 @@ class LearnToBranch(Method):
         "epoch_factor": Option(2.5, "search epochs as a multiple of the protocol's, when epochs=0",
                                low=0.1, high=100.0),
     }
+    # the conformance kit's benchmark trains 2 epochs (5 search epochs): keep a search phase
+    check_options = {"warmup_epochs": 1}
 
     def widths_for(self, bench, budget) -> list[int]:
         backbone = bench.backbone
