@@ -85,13 +85,28 @@ def test_branching_output_is_the_hand_computed_weighted_sum_of_parents(bench):
             net.nodes[level][c](sum(w[c, p] * outs[p] for p in range(widths[level - 1])))
             for c in range(widths[level])
         ]
+    # the heads are the leaves: each mixes the last block's nodes with its own sample
+    w = torch.softmax((net.head_logits + net.noise[-1]) / 0.7, dim=-1)
     for i, task in enumerate(net.task_names):
-        assert torch.allclose(got[task], net.heads[task](outs[i]), atol=1e-5), task
+        mixed = sum(w[i, p] * outs[p] for p in range(widths[-1]))
+        assert torch.allclose(got[task], net.heads[task](mixed), atol=1e-5), task
 
 
-def test_one_search_step_evaluates_sum_of_widths_blocks_in_one_fused_call_per_block(bench):
+def test_last_block_nodes_mode_maps_heads_one_to_one(bench):
+    net = BranchingSupernet(bench.backbone, bench.tasks, [1, 2, 4], leaves="nodes")
+    assert net.head_logits is None and len(net.arch_parameters()) == 2
+    assert net.paths()[net.task_names[2]][-1] == 2
+    # narrower than one node per task: the heads choose after all
+    assert BranchingSupernet(bench.backbone, bench.tasks, [1, 2, 3], leaves="nodes").head_logits is not None
+    with pytest.raises(ValueError, match="leaves"):
+        BranchingSupernet(bench.backbone, bench.tasks, [1, 2, 3], leaves="tasks")
+
+
+@pytest.mark.parametrize("fuse", [None, True])
+def test_one_search_step_evaluates_sum_of_widths_blocks(bench, fuse):
     widths = [1, 2, 4]
     net = _net(bench, widths)
+    net.fuse = fuse
     calls = []
     for level in range(3):
         for node in net.nodes[level]:
@@ -100,8 +115,37 @@ def test_one_search_step_evaluates_sum_of_widths_blocks_in_one_fused_call_per_bl
     loss = sum(v.square().mean() for v in net(bench.splits["train"].x[:8]).values())
     loss.backward()
     assert net.block_evals == sum(widths)
-    # vmap calls the template module once per block, whatever K_l is
-    assert calls == [0, 1, 2]
+    if fuse:  # vmap calls the template module once per block, whatever K_l is
+        assert calls == [0, 1, 2]
+    else:  # BranchedNet's rule: never fuse on the CPU, so every node runs once
+        assert calls == [0, 1, 1, 2, 2, 2, 2]
+        assert not any(net.fused(level, "cpu") for level in range(3))
+
+
+def test_fused_and_plain_supernet_agree(bench):
+    net = _net(bench, [2, 3, 4])
+    _randomise_logits(net)
+    gen = torch.Generator().manual_seed(4)
+    net.noise = [sample_gumbel(q.shape, generator=gen) for q in net.all_logits()]
+    x = bench.splits["train"].x[:6]
+    plain = net(x)
+    net.fuse = True
+    fused = net(x)
+    for task in net.task_names:
+        assert torch.allclose(plain[task], fused[task], atol=1e-5), task
+
+
+def test_warmup_mixes_parents_uniformly_in_eval_mode_too(bench):
+    net = _net(bench, [2, 3, 4])
+    _randomise_logits(net)
+    net.uniform = True
+    x = bench.splits["val"].x[:4]
+    got = net.eval()(x)
+    outs = [net.nodes[0][k](x) for k in range(2)]
+    for level in range(1, 3):
+        outs = [net.nodes[level][c](sum(outs) / len(outs)) for c in range(len(net.nodes[level]))]
+    task = net.task_names[0]
+    assert torch.allclose(got[task], net.heads[task](sum(outs) / len(outs)), atol=1e-5)
 
 
 def test_noiseless_supernet_equals_the_derived_plan_in_branchednet(bench):
@@ -122,6 +166,7 @@ def test_noiseless_supernet_equals_the_derived_plan_in_branchednet(bench):
 def test_derived_plan_follows_the_argmax_parents_and_drops_unreached_nodes(bench):
     net = _net(bench, [3, 3, 4])
     with torch.no_grad():
+        net.head_logits.copy_(torch.eye(4) * 5)
         net.logits[1].copy_(torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 0, 5.0], [0, 0, 5.0]]))
         net.logits[0].copy_(torch.tensor([[0, 5.0, 0], [0, 5.0, 0], [0, 5.0, 0]]))
     plan, _ = net.derive()
@@ -129,6 +174,17 @@ def test_derived_plan_follows_the_argmax_parents_and_drops_unreached_nodes(bench
     assert sorted(map(sorted, plan.partition(0))) == [sorted(names)]
     assert sorted(map(sorted, plan.partition(1))) == [names[:2], names[2:]]
     assert [len(plan.nodes_used(level)) for level in range(3)] == [1, 2, 4]
+
+
+def test_heads_as_leaves_can_share_the_deepest_block(bench):
+    net = _net(bench, [1, 2, 2])
+    with torch.no_grad():
+        net.head_logits.copy_(torch.tensor([[5.0, 0], [5.0, 0], [0, 5.0], [0, 5.0]]))
+        net.logits[1].copy_(torch.tensor([[5.0, 0], [0, 5.0]]))
+    plan, _ = net.derive()
+    names = net.task_names
+    assert sorted(map(sorted, plan.partition(2))) == [names[:2], names[2:]]
+    assert sorted(map(sorted, plan.partition(1))) == [names[:2], names[2:]]
 
 
 # ------------------------------------------------------------------ widths
@@ -139,6 +195,8 @@ def test_every_derivable_tree_fits_under_the_cap(bench, ratio):
     widths = LearnToBranch().widths_for(bench, budget)
     assert sum(k * p for k, p in zip(widths, backbone.block_params, strict=True)) <= budget.cap(backbone)
     assert widths == sorted(widths) and max(widths) <= len(bench.tasks)
+    if ratio is not None and ratio >= 2.0:  # capacity goes to branching below the first block
+        assert widths[0] == 1 and widths[1] > 1
     net = _net(bench, widths)
     for seed in range(10):
         _randomise_logits(net, seed)
@@ -146,11 +204,17 @@ def test_every_derivable_tree_fits_under_the_cap(bench, ratio):
         assert plan.is_tree and budget.allows(plan, backbone), (ratio, widths, plan)
 
 
-def test_widths_rule_fills_from_the_deepest_block():
+def test_widths_rule_gives_capacity_to_early_branching():
     assert derive_widths([10, 10, 10], 4, cap=float("inf")) == [4, 4, 4]
-    assert derive_widths([10, 10, 10], 4, cap=70) == [1, 2, 4]
-    assert derive_widths([10, 10, 10], 4, cap=30) == [1, 1, 1]  # heads then choose
+    assert derive_widths([10, 10, 10], 4, cap=70) == [1, 3, 3]
+    assert derive_widths([10, 10, 10], 4, cap=80) == [1, 3, 4]  # leftover to the deepest block
+    assert derive_widths([10, 10, 10], 4, cap=100) == [2, 4, 4]  # the first block last
+    assert derive_widths([10, 10, 10], 4, cap=30) == [1, 1, 1]
     assert derive_widths([10, 10, 10], 4, cap=float("inf"), max_width=2) == [2, 2, 2]
+    assert derive_widths([10, 10, 10], 4, cap=70, leaves="nodes") == [1, 2, 4]
+    # the default synthetic backbone (block params 560, 304, 304, 304; 9 tasks) at the sweep's budgets
+    assert derive_widths([560, 304, 304, 304], 9, cap=2.5 * 1472) == [1, 3, 3, 4]
+    assert derive_widths([560, 304, 304, 304], 9, cap=5.0 * 1472) == [1, 7, 7, 8]
     with pytest.raises(BudgetError, match="below shared-bottom"):
         derive_widths([10, 10, 10], 4, cap=20)
 
@@ -187,8 +251,10 @@ def test_search_moves_probabilities_logs_curves_and_returns_a_fine_tunable_tree(
     used = ctx.curve("search/ltb/min_top_prob_used.fc2")
     assert used[-1] > used[0]
     assert ctx.curve("search/ltb/coshare_gap.fc1")
-    assert result.cost["block_evals_per_step"] == 4 * 3
-    assert result.cost["logit_steps"] > 0
+    # counted: a weight step runs every node once; after warm-up a logit step does too
+    assert result.cost["block_evals_per_weight_step"] == 4 * 3
+    assert result.cost["block_evals_per_search_step"] == 2 * 4 * 3
+    assert result.cost["logit_steps"] == 9 * result.cost["weight_steps"] / 10
     assert {"branching_probabilities.json", "derived_tree.png", "branching_history.csv"} <= set(result.artifacts)
     net = BranchedNet(plan, bench.backbone, bench.tasks)
     net.load_state_dict(result.init_state, strict=True)
@@ -199,7 +265,9 @@ def test_holdout_option_needs_and_uses_a_holdout_split(bench):
     method = LearnToBranch(epochs=3, warmup_epochs=1, logit_data="holdout", holdout_fraction=0.5)
     result = method.search(bench, Budget(2.0), ctx)
     assert Budget(2.0).allows(result.plan, bench.backbone)
-    assert result.cost["weight_steps"] == 3  # 128 of 256 samples left for weights: 1 batch per epoch
+    # counted steps: the warm-up trains on all 256 samples (2 batches), then 128 are left (1 batch)
+    assert result.cost["weight_steps"] == 2 + 1 + 1
+    assert result.cost["logit_steps"] == 2
     assert len(ctx.curve("search/train_loss")) == 3
 
 

@@ -83,6 +83,7 @@ scratch by the cell function (the suite's rule), where the paper fine-tunes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,6 +94,7 @@ from torch.func import functional_call, vmap
 from branchbench.core.backbones import Backbone
 from branchbench.core.budget import BudgetError
 from branchbench.core.method import Method, Option, SearchResult
+from branchbench.core.net import FUSE_MIN_SIBLINGS_CUDA
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
@@ -100,26 +102,53 @@ from branchbench.methods._gumbel import SCHEDULES, TemperatureSchedule, gumbel_s
 
 
 # --------------------------------------------------------------------- widths
-def derive_widths(block_params: Sequence[int], n_tasks: int, cap: float, max_width: int | None = None) -> list[int]:
+def derive_widths(block_params: Sequence[int], n_tasks: int, cap: float, max_width: int | None = None,
+                  leaves: str = "heads") -> list[int]:
     """Per-block node counts ``K_l`` such that every tree the supernet yields fits under ``cap``.
+
+    Any derived tree uses at most ``K_l`` nodes at block ``l``, so
+    ``sum_l K_l * P_l <= cap`` suffices. Within that, capacity goes to *early
+    branching*: ``K_0 = 1``; then the largest common width ``w <= top`` for
+    blocks ``1..L-1``; the leftover raises the deepest blocks first (widths stay
+    non-decreasing); ``K_0`` grows only once every deeper block is at ``top``.
+    With ``leaves="nodes"`` the last block first gets one node per task (as far
+    as the cap allows). ``top = min(T, max_width)``; uncapped, every ``K_l = top``.
 
     >>> derive_widths([10, 10, 10], 4, cap=float("inf"))
     [4, 4, 4]
-    >>> derive_widths([10, 10, 10], 4, cap=70)      # 10*K0 + 10*K1 + 10*4 <= 70
+    >>> derive_widths([10, 10, 10], 4, cap=75)      # 10*1 + 10*3 + 10*3 <= 75
+    [1, 3, 3]
+    >>> derive_widths([10, 10, 10], 4, cap=75, leaves="nodes")
     [1, 2, 4]
     """
-    top = n_tasks if max_width is None else max(1, min(n_tasks, max_width))
+    top = n_tasks if not max_width else max(1, min(n_tasks, max_width))
     n = len(block_params)
-    if sum(block_params) > cap:
-        raise BudgetError(f"the budget cap {cap:g} is below shared-bottom's {sum(block_params)} parameters")
+    base = sum(block_params)
+    if base > cap:
+        raise BudgetError(f"the budget cap {cap:g} is below shared-bottom's {base} parameters; raise the budget")
+    if math.isinf(cap):
+        return [top] * n
     widths = [1] * n
-    spare = cap - sum(block_params)
-    for level in range(n - 1, -1, -1):
-        ceiling = top if level == n - 1 else widths[level + 1]
-        affordable = spare // block_params[level] if block_params[level] else float("inf")
-        extra = int(min(ceiling - 1, affordable))
-        widths[level] += max(0, extra)
-        spare -= max(0, extra) * block_params[level]
+    spare = int(cap - base)
+
+    def raise_to(level: int, target: int) -> None:
+        nonlocal spare
+        size = block_params[level]
+        extra = target - widths[level] if size == 0 else min(target - widths[level], spare // size)
+        if extra > 0:
+            widths[level] += extra
+            spare -= extra * size
+
+    if leaves == "nodes":
+        raise_to(n - 1, top)
+    free = list(range(1, n - 1 if leaves == "nodes" else n))
+    per_unit = sum(block_params[level] for level in free)  # cost of widening every free block by one
+    width = top if per_unit == 0 else min(top, 1 + spare // per_unit)
+    for level in free:
+        raise_to(level, width)
+    for level in reversed(free):  # leftover: deepest first, never wider than the block below
+        raise_to(level, top if level == n - 1 else widths[level + 1])
+    raise_to(0, min(widths[1:]) if n > 1 and min(widths[1:]) == top else 1)
     return widths
 
 
@@ -139,18 +168,29 @@ def parse_widths(text: str, n_blocks: int) -> list[int] | None:
 
 
 # ------------------------------------------------------------------- supernet
+LEAVES = ("heads", "nodes")
+
+
 class BranchingSupernet(nn.Module):
     """The tree-structured supernet: ``K_l`` nodes per block, Gumbel-softmax parent choice.
 
-    ``nodes.<l>.<k>`` are ordinary block modules (``BlockSpec.make``), fused per
-    block with vmap; ``logits[l-1]`` is ``(K_l, K_{l-1})`` (children x parents).
-    ``tau``, ``hard`` and ``uniform`` are set by the search's hook; ``noise``
-    (a list of tensors shaped like the logits) fixes the Gumbel noise for tests.
-    ``block_evals`` counts node evaluations (for the ``sum_l K_l`` check).
+    ``nodes.<l>.<k>`` are ordinary block modules (``BlockSpec.make``);
+    ``logits[l-1]`` is ``(K_l, K_{l-1})`` (children x parents). With
+    ``leaves="heads"`` every task head has logits over the last block's nodes;
+    with ``leaves="nodes"`` the last block has one node per task (heads choose
+    only if ``K_{L-1} != T``). ``tau``, ``hard`` and ``uniform`` are set by the
+    search's hook; ``noise`` (a list of tensors shaped like the logits) fixes the
+    Gumbel noise for tests. ``fuse=None`` follows BranchedNet's rule
+    (:func:`~branchbench.core.net.fuse_rule`: vmap only on CUDA, fusable blocks,
+    at least ``FUSE_MIN_SIBLINGS_CUDA`` nodes); True/False force it.
+    ``block_evals`` counts node evaluations (``sum_l K_l`` per forward pass).
     """
 
-    def __init__(self, backbone: Backbone, tasks: Sequence[TaskSpec], widths: Sequence[int]) -> None:
+    def __init__(self, backbone: Backbone, tasks: Sequence[TaskSpec], widths: Sequence[int],
+                 leaves: str = "heads", fuse: bool | None = None) -> None:
         super().__init__()
+        if leaves not in LEAVES:
+            raise ValueError(f"learn_to_branch: leaves={leaves!r} is not one of {LEAVES}")
         if len(widths) != len(backbone.blocks):
             raise ValueError(f"{len(widths)} widths for {len(backbone.blocks)} blocks; give one per block")
         self.backbone = backbone
@@ -164,8 +204,10 @@ class BranchingSupernet(nn.Module):
             nn.Parameter(torch.zeros(widths[level], widths[level - 1])) for level in range(1, len(widths))
         )
         n_tasks = len(self.task_names)
-        # one last-block node per task (the paper); heads choose only when the cap forbids that
-        self.head_logits = nn.Parameter(torch.zeros(n_tasks, widths[-1])) if widths[-1] != n_tasks else None
+        # heads as leaves (the default), or one last-block node per task: heads then choose only if K_{L-1} != T
+        choose = leaves == "heads" or widths[-1] != n_tasks
+        self.head_logits = nn.Parameter(torch.zeros(n_tasks, widths[-1])) if choose else None
+        self.fuse = fuse
         self.tau = 1.0
         self.hard = True
         self.uniform = False
@@ -184,19 +226,32 @@ class BranchingSupernet(nn.Module):
         return [torch.softmax(q.detach(), dim=-1) for q in self.all_logits()]
 
     def _mixing(self, index: int, logits: Tensor) -> Tensor:
-        """Children x parents weights of one level: a Gumbel sample, or argmax in eval mode."""
-        if self.uniform and self.training:
+        """Children x parents weights of one level: a Gumbel sample, or argmax in eval mode.
+
+        While ``uniform`` (the warm-up) children average their parents in train
+        *and* eval mode, so the warm-up's validation curve is that of the network
+        being trained, not of the argmax of still-zero logits.
+        """
+        if self.uniform:
             return torch.full_like(logits, 1.0 / logits.shape[-1])
         if not self.training:
             return gumbel_softmax(logits, 1.0, noise=torch.zeros_like(logits), hard=True)
         noise = self.noise[index] if self.noise is not None else None
         return gumbel_softmax(logits, self.tau, noise=noise, hard=self.hard)
 
+    def fused(self, level: int, device: torch.device | str) -> bool:
+        """Whether block ``level`` runs its nodes as one vmap call on ``device`` (see the class doc)."""
+        if not self.backbone.blocks[level].fusable:
+            return False
+        if self.fuse is not None:
+            return self.fuse
+        return torch.device(device).type == "cuda" and self.widths[level] >= FUSE_MIN_SIBLINGS_CUDA
+
     def _run_block(self, level: int, inputs: Tensor, shared: bool) -> Tensor:
-        """All ``K_l`` nodes of block ``level``: (K_l, B, ...) out; one vmap where fusable."""
+        """All ``K_l`` nodes of block ``level``: (K_l, B, ...) out; a loop, or one vmap (``fused``)."""
         nodes = self.nodes[level]
         self.block_evals += len(nodes)
-        if self.backbone.blocks[level].fusable:
+        if self.fused(level, inputs.device):
             template = nodes[0]
             names = [name for name, _ in template.named_parameters()]
             per_node = [dict(m.named_parameters()) for m in nodes]
@@ -294,7 +349,8 @@ def coshare_gap(probs: Sequence[Tensor], widths: Sequence[int], task_names: Sequ
 
 # ----------------------------------------------------------------------- hook
 class _BranchingHook(Hook):
-    """Anneals the temperature, switches warm-up off, and logs branching probabilities per epoch."""
+    """Anneals the temperature, switches warm-up off, logs branching probabilities per epoch,
+    and counts the supernet's block evaluations and steps per phase (``weights`` / ``branching``)."""
 
     def __init__(self, net: BranchingSupernet, schedule: TemperatureSchedule, warmup_epochs: int,
                  groups: dict[str, int] | None, blocks: Sequence[str]) -> None:
@@ -304,12 +360,20 @@ class _BranchingHook(Hook):
         self.groups = groups
         self.blocks = list(blocks)
         self.history: list[dict[str, float]] = []
+        self.evals: dict[str, int] = {}
+        self.steps: dict[str, int] = {}
+        self._evals_at_start = 0
 
     def on_step_start(self, fit: FitState, phase: str) -> None:
+        self._evals_at_start = self.net.block_evals
         total = max(1, (fit.epochs - self.warmup) * fit.steps_per_epoch)
         done = fit.step - self.warmup * fit.steps_per_epoch
         self.net.uniform = fit.epoch < self.warmup
         self.net.tau = self.schedule(done / total)
+
+    def on_step_end(self, fit: FitState, phase: str, loss: float) -> None:
+        self.evals[phase] = self.evals.get(phase, 0) + self.net.block_evals - self._evals_at_start
+        self.steps[phase] = self.steps.get(phase, 0) + 1
 
     def on_epoch_end(self, fit: FitState, logs: dict[str, float]) -> None:
         row = branching_metrics(self.net, self.blocks, self.groups)
@@ -318,10 +382,11 @@ class _BranchingHook(Hook):
         self.history.append({"epoch": fit.epoch, **row})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "evals": self.evals, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
+        self.evals, self.steps = dict(state.get("evals", {})), dict(state.get("steps", {}))
 
 
 def _child_level_names(blocks: Sequence[str], has_head_logits: bool) -> list[str]:
@@ -362,6 +427,8 @@ class LearnToBranch(Method):
     options = {
         "widths": Option("auto", "'auto' (from the budget cap) or one node count per block, e.g. '1,3,9,9'"),
         "max_width": Option(0, "largest K_l with widths='auto' (0 = number of tasks)", low=0),
+        "leaves": Option("heads", "'heads': each task head chooses among the last block's nodes; 'nodes': "
+                         "the last block has one node per task", choices=LEAVES),
         "logit_lr": Option(0.1, "Adam learning rate of the branching logits", low=1e-6, high=10.0),
         "logit_data": Option("train", "where logit steps draw batches", choices=("train", "holdout")),
         "holdout_fraction": Option(0.2, "part of the train split held out when logit_data='holdout'",
@@ -383,7 +450,8 @@ class LearnToBranch(Method):
         given = parse_widths(self.params["widths"], len(backbone.blocks))
         cap = budget.cap(backbone)
         if given is None:
-            return derive_widths(backbone.block_params, len(bench.tasks), cap, self.params["max_width"] or None)
+            return derive_widths(backbone.block_params, len(bench.tasks), cap, self.params["max_width"] or None,
+                                 leaves=self.params["leaves"])
         cost = sum(k * p for k, p in zip(given, backbone.block_params, strict=True))
         if cost > cap:
             raise BudgetError(
@@ -395,7 +463,7 @@ class LearnToBranch(Method):
     def search(self, bench, budget, ctx) -> SearchResult:
         p = self.params
         widths = self.widths_for(bench, budget)
-        net = BranchingSupernet(bench.backbone, bench.tasks, widths)
+        net = BranchingSupernet(bench.backbone, bench.tasks, widths, leaves=p["leaves"])
         net.hard = p["hard"]
         protocol = bench.protocol
         epochs = p["epochs"] or max(1, round(protocol.epochs * p["epoch_factor"]))
@@ -435,19 +503,21 @@ class LearnToBranch(Method):
             "branching_history.csv": pd.DataFrame(hook.history),
         }
         n_params = sum(q.numel() for q in net.parameters())
+        weight_steps, logit_steps = hook.steps.get("weights", 0), hook.steps.get("branching", 0)
+        per_weight_step = hook.evals.get("weights", 0) / max(1, weight_steps)
+        per_logit_step = hook.evals.get("branching", 0) / max(1, logit_steps)
         cost = {
             "supernet_params": float(n_params),
             "supernet_backbone_params": float(sum(k * q for k, q in zip(widths, bench.backbone.block_params, strict=True))),
-            "block_evals_per_step": float(sum(widths)),
-            "weight_steps": float(fit.epochs_run * _steps_per_epoch(bench, protocol, holdout)),
-            "logit_steps": float(max(0, fit.epochs_run - p["warmup_epochs"]) * _steps_per_epoch(bench, protocol, holdout)),
+            # counted forward block evaluations (each step also runs one backward pass)
+            "block_evals_per_weight_step": per_weight_step,
+            "block_evals_per_logit_step": per_logit_step,
+            "block_evals_per_search_step": per_weight_step + (per_logit_step if logit_steps else 0.0),
+            "block_evals": float(sum(hook.evals.values())),
+            "weight_steps": float(weight_steps),
+            "logit_steps": float(logit_steps),
             "epochs": float(fit.epochs_run),
             "seconds": fit.seconds,
         }
         return SearchResult(plan=plan, cost=cost, artifacts=artifacts, init_state=init_state)
 
-
-def _steps_per_epoch(bench, protocol, holdout: float) -> int:
-    n = len(bench.splits["train"])
-    n_train = n - int(round(n * holdout)) if holdout > 0 else n
-    return -(-n_train // protocol.batch_size)
