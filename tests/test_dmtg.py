@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -12,8 +13,14 @@ from branchbench.cell import CellConfig, run_cell
 from branchbench.context import LocalContext
 from branchbench.core.budget import Budget, BudgetError
 from branchbench.core.net import BranchedNet
+from branchbench.core.plan import Plan
 from branchbench.core.retrain import seed_everything
-from branchbench.methods.dmtg import DMTG, DMTGSupernet, groups_for_budget
+from branchbench.methods.dmtg import (
+    DMTG,
+    DMTGSupernet,
+    check_logit_reparametrisation,
+    groups_for_budget,
+)
 
 
 def test_k_is_the_largest_tree_under_the_cap():
@@ -28,6 +35,53 @@ def test_k_is_the_largest_tree_under_the_cap():
         DMTG(k=3, shared_blocks=1)._groups(bench, Budget(1.5))
     with pytest.raises(ValueError, match="shared_blocks"):
         DMTG(shared_blocks=3)._groups(bench, Budget(None))
+
+
+def test_k_beyond_the_tasks_or_parameter_free_branches_are_refused_saying_why():
+    bench = tiny_bench()
+    with pytest.raises(ValueError, match="k=5 branches for 4 tasks"):
+        DMTG(k=5)._groups(bench, Budget(None))
+    with pytest.raises(ValueError, match="hold no parameters"):
+        groups_for_budget([10, 0, 0], 1, 4, cap=100.0)
+
+
+def test_logit_multiplier_is_refused_where_it_is_not_a_learning_rate_multiplier():
+    protocol = tiny_bench().protocol
+    assert DMTG().params["logit_lr_mult"] == 1.0  # the reference: logits are ordinary parameters
+    for optimizer, decay in [("sgd", 0.0), ("adam", 1e-4)]:
+        wrong = protocol.replace(optimizer=optimizer, weight_decay=decay)
+        with pytest.raises(ValueError, match="logit_lr_mult=3"):
+            check_logit_reparametrisation(wrong, 3.0)
+        check_logit_reparametrisation(wrong, 1.0)  # no multiplier: nothing to get wrong
+    check_logit_reparametrisation(protocol.replace(optimizer="adamw", weight_decay=1e-2), 3.0)
+    bench = tiny_bench()
+    bench = dataclasses.replace(bench, protocol=protocol.replace(optimizer="sgd"))
+    with pytest.raises(ValueError, match="optimizer='sgd'"):  # refused before any training
+        DMTG(k=2, logit_lr_mult=3.0).search(bench, Budget(None), LocalContext(bench, seed=0))
+
+
+def test_one_group_skips_the_search_and_returns_shared_bottom():
+    bench = tiny_bench()
+    ctx = LocalContext(bench, seed=0)
+    result = DMTG().search(bench, Budget(1.5), ctx)  # empty stem: a branch is the whole backbone
+    assert result.plan == Plan.shared_bottom(bench.task_names, bench.backbone.block_names)
+    assert result.cost["search_skipped"] == 1 and result.cost["supernet_steps"] == 0
+    assert ctx.curve("search/dmtg.tau") == []  # no supernet was trained
+    assert "skipped" in ctx.artifacts["assignment.json"]["search_skipped"]
+    BranchedNet(result.plan, bench.backbone, bench.tasks).load_state_dict(result.init_state, strict=True)
+
+
+def test_branches_are_built_on_the_context_device_so_the_fuse_rule_sees_it(monkeypatch):
+    seen = []
+
+    def spy(backbone, device, plan, level):
+        seen.append(device)
+        return False
+
+    monkeypatch.setattr("branchbench.core.net.fuse_rule", spy)
+    bench = tiny_bench(epochs=1)
+    DMTG(k=2).search(bench, Budget(None), LocalContext(bench, seed=0))
+    assert seen and all(torch.device(d) == torch.device("cpu") for d in seen)
 
 
 @pytest.mark.parametrize("shared_blocks", [0, 1])
@@ -67,10 +121,11 @@ def _same_branch_rates(bench, seeds, **options):
 
 
 def test_assignment_commits_and_groups_similar_tasks():
-    """Low noise, logits slower than the weights: same-group tasks share a branch more often.
+    """Low noise, logits 3x the reference's speed, long search: same-group tasks share a branch more often.
 
-    (With the default logit_lr_mult=10 the logits commit before the branches
-    specialise and this configuration pairs same-group tasks *less* often.)
+    (At the reference's logit_lr_mult=1 this short search barely moves the
+    logits, and at 10 they commit before the branches specialise and pair
+    same-group tasks *less* often.)
     """
     bench = tiny_bench(epochs=30, noise=0.1, n_train=512)
     same, diff, commit = _same_branch_rates(bench, seeds=range(3), logit_lr_mult=3.0, search_epochs=90)
