@@ -102,7 +102,7 @@ def test_locked_logits_stay_fixed_during_the_curriculum(monkeypatch):
     monkeypatch.setattr(_Curriculum, "on_epoch_end", record)
     bench = tiny_bench(epochs=12)
     ctx = LocalContext(bench, seed=0)
-    AdaShare(samples=2).search(bench, Budget(None), ctx)
+    AdaShare(samples=2, search_epochs=12, skip_first_block=True).search(bench, Budget(None), ctx)
     assert [n for n, _ in seen] == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
     initial = torch.full((4, 3, 2), 0.5)
     for n, logits in seen:
@@ -116,11 +116,38 @@ def test_locked_logits_stay_fixed_during_the_curriculum(monkeypatch):
 
 
 def test_runs_as_a_cell_and_logs_policies(tracking):
-    config = CellConfig("synthetic", "adashare", dict(TINY), {"samples": 3},
+    config = CellConfig("synthetic", "adashare", dict(TINY), {"samples": 3, "epoch_factor": 2},
                         protocol={"epochs": 4, "batch_size": 64, "early_stopping": 0})
     outcome = run_cell(config, tracking)
     assert outcome.status == "finished", outcome.error
     m = outcome.metrics
     assert "search.skip_fraction" in m and "latency_ms.b1" in m and m["budget_ratio"] <= 1.0 + 1e-9  # identity shortcuts
     history = tracking.client.get_metric_history(outcome.run_id, "search/adashare.p_select.t0.fc2")
-    assert len(history) == 4
+    assert len(history) == 8  # epoch_factor x the protocol's 4 epochs
+
+
+def test_blocks_never_unlocked_are_executed_in_the_plan_and_logged_as_selected():
+    """Every task executed the stem and the still-locked blocks during the search: the plan must too."""
+    bench = tiny_bench(epochs=4)
+    ctx = LocalContext(bench, seed=0)
+    with pytest.warns(RuntimeWarning, match="curriculum incomplete"):
+        result = AdaShare(samples=8, search_epochs=4, curriculum_speed=100).search(bench, Budget(None), ctx)
+    for task in bench.task_names:
+        assert result.plan.nodes[task][:2] == (0, 0), result.plan.nodes  # stem + locked block 1
+    p_select = ctx.artifacts["policy.json"]["p_select"]
+    assert all(p[:2] == [1.0, 1.0] and p[2] < 1.0 for p in p_select.values())
+    assert ctx.curve("search/adashare.p_select.t0.fc1")[-1] == 1.0
+    assert result.cost["curriculum_complete"] == 0.0
+
+
+def test_stem_is_always_executed_unless_skipping_it_is_allowed():
+    bench = tiny_bench()
+    net = AdaShareSupernet(bench)  # the default: block 0 is the stem
+    net.mode, net.n_unlocked, net.tau = "sample", net.n_learnable, 1.0
+    assert net.n_learnable == 2
+    policy, pattern = net.policy()
+    assert torch.all(policy[:, 0, 0] == 1) and torch.all(pattern[:, 0] == 0)
+    assert torch.all((policy[:, 1:, 0] > 0) & (policy[:, 1:, 0] < 1))  # soft elsewhere
+    free = AdaShareSupernet(bench, n_stem=0)
+    free.mode, free.n_unlocked = "sample", free.n_learnable
+    assert free.n_learnable == 3 and not torch.all(free.policy()[0][:, 0, 0] == 1)
