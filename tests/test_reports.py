@@ -100,3 +100,17 @@ def test_markdown_and_latex_writers_escape_and_align():
     latex = to_latex(table)
     assert r"learn\_to\_branch & +1.00 $\pm$ 0.50 \\" in latex
     assert r"$\Delta_m$ (\%)" in latex
+
+
+def test_no_grouping_table_for_data_without_groups_in_a_shared_store():
+    """Runs of data without known groups get no recovery table, even if other runs in the store have one."""
+    import numpy as np
+    import pandas as pd
+
+    from branchbench.reports import tables
+
+    runs = pd.DataFrame({
+        "method": ["shared_bottom", "independent"], "budget": ["none", "none"], "run_id": ["a", "b"],
+        "metrics.grouping.ari.fc0": [np.nan, np.nan], "metrics.grouping.recovered": [np.nan, np.nan],
+    })
+    assert tables.grouping(runs).empty

@@ -216,7 +216,9 @@ def grouping(runs: pd.DataFrame, plans: Mapping[str, Mapping[str, Any]] | None =
     """
     ari = sorted((c for c in runs.columns if c.startswith("metrics.grouping.ari.")),
                  key=lambda c: _natural(c[len("metrics.grouping.ari."):]))
-    if not ari or "metrics.grouping.recovered" not in runs:
+    # a store shared with data that has groups gives these columns to every run: keep filled ones
+    ari = [c for c in ari if runs[c].notna().any()]
+    if not ari or "metrics.grouping.recovered" not in runs or runs["metrics.grouping.recovered"].isna().all():
         return pd.DataFrame()
     values = pd.DataFrame({"method": runs["method"], "budget": runs["budget"]})
     for column in ari:
