@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gpu_branchednet import make_plan  # one definition of the benchmarked plans
 
 from branchbench.core.backbones import mlp_backbone
 from branchbench.core.net import BranchedNet
-from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 
 BATCH = 256
 INPUT_DIM = 64
 WIDTHS = (256, 256, 256, 256)
-
-
-def make_plan(kind: str, names: list[str], blocks: list[str]) -> Plan:
-    if kind == "shared":
-        return Plan.shared_bottom(names, blocks)
-    if kind == "independent":
-        return Plan.independent(names, blocks)
-    mid = len(blocks) // 2  # groups of ~3 tasks branch at the middle block
-    groups = [names[i : i + 3] for i in range(0, len(names), 3)]
-    return Plan.from_partitions(names, blocks, [[names]] * mid + [groups] * (len(blocks) - mid))
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])

@@ -39,7 +39,7 @@ from branchbench.core.method import Method, Reference
 from branchbench.core.metrics import delta_m, grouping_scores, measure_latency
 from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
-from branchbench.core.trainer import DivergenceError
+from branchbench.core.trainer import DivergenceError, resolve_amp
 from branchbench.datasets.base import Dataset
 from branchbench.plugins import RegistryError, create_dataset, get_method_class
 from branchbench.tracking import Tracking
@@ -100,7 +100,7 @@ def resolve(config: CellConfig) -> ResolvedCell:
     """Every default filled in, validated, hashed. Raises with a clear message on bad input."""
     dataset = create_dataset(config.dataset, **config.dataset_options)
     method_cls = get_method_class(config.method)
-    method_cls(**config.method_options)  # validates the options now, not mid-run
+    method = method_cls(**config.method_options)  # validates the options now, not mid-run
     if "needs_groups" in method_cls.tags and not dataset.has_groups:
         raise CellError(
             f"method {config.method!r} needs data with a known task grouping; dataset "
@@ -120,7 +120,7 @@ def resolve(config: CellConfig) -> ResolvedCell:
     resolved = {
         "version": CONFIG_VERSION,
         "dataset": data,
-        "method": {"name": config.method, "options": method_cls(**config.method_options).get_params()},
+        "method": {"name": config.method, "options": method.get_params()},
         "budget": budget,
         "seed": config.seed,
         "protocol": protocol.to_dict(),
@@ -417,7 +417,7 @@ def _search_and_retrain(cell, tracking, run_id, device, parent_run_id, bench, sh
     )
     metrics.update({f"search.{k}": float(v) for k, v in result.cost.items()})
     example = bench.prepare(bench.splits["test"].x[:1]).to(device)
-    amp = ctx.trainer("latency").amp
+    amp = resolve_amp(bench.protocol.amp, device)
     metrics["latency_ms.b1"] = measure_latency(retrained.net, example, amp=amp)
     n_big = min(256, len(bench.splits["test"]))
     big = bench.prepare(bench.splits["test"].x[:n_big]).to(device)

@@ -14,7 +14,6 @@ Tags written by branchbench are prefixed ``bb.``; the cell's config hash
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 # MLflow's artifact progress bars would interleave with ours on every reference load
@@ -151,9 +150,6 @@ class Tracking:
     def load_json(self, run_id: str, name: str) -> Any:
         return json.loads(self.load_text(run_id, name))
 
-    def load_csv(self, run_id: str, name: str) -> pd.DataFrame:
-        return pd.read_csv(io.StringIO(self.load_text(run_id, name)), index_col=0)
-
     # --------------------------------------------------------------- queries
     def search(self, filter_string: str = "", max_results: int = 50_000) -> pd.DataFrame:
         """Runs of this experiment as a pandas frame (``mlflow.search_runs`` columns)."""
@@ -195,10 +191,6 @@ class Tracking:
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
-
-
-def is_terminal(status: str) -> bool:
-    return RunStatus.is_terminated(RunStatus.from_string(status))
 
 
 def _param_value(value: Any) -> str:

@@ -34,10 +34,6 @@ def score_predictions(
     return out
 
 
-def main_metrics(tasks: Sequence[TaskSpec], metrics: Mapping[str, float]) -> dict[str, float]:
-    return {t.name: metrics[f"{t.name}.{t.main_metric.name}"] for t in tasks}
-
-
 def delta_m(
     tasks: Sequence[TaskSpec], metrics: Mapping[str, float], reference: Mapping[str, float]
 ) -> float:

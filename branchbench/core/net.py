@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from branchbench.core.backbones import Backbone
+from branchbench.core.backbones import Backbone, BlockSpec
 from branchbench.core.plan import Plan, PlanError, Prefix
 from branchbench.core.tasks import TaskSpec
 
@@ -59,12 +59,31 @@ def fuse_rule(
     never fused (grouped convolution was also measured as no faster than a loop at
     64 channels; see DESIGN.md).
     """
+    siblings = sum(1 for key in plan.activations(level) if key[-1] is not None)
+    return fuses_siblings(backbone.blocks[level], device, siblings)
+
+
+def fuses_siblings(block: BlockSpec, device: torch.device | str | None, siblings: int) -> bool:
+    """The rule of :func:`fuse_rule` for ``siblings`` nodes of one block (also used by supernets)."""
     if device is None or torch.device(device).type != "cuda":
         return False
-    if not backbone.blocks[level].fusable:
-        return False
-    siblings = sum(1 for key in plan.activations(level) if key[-1] is not None)
-    return siblings >= FUSE_MIN_SIBLINGS_CUDA
+    return block.fusable and siblings >= FUSE_MIN_SIBLINGS_CUDA
+
+
+def run_stacked(modules: Sequence[nn.Module], inputs: Tensor, shared_input: bool) -> Tensor:
+    """Run same-shaped modules as one vmap over their stacked weights: (G, B, ...) out.
+
+    Weights are stacked with ``torch.stack`` (differentiable, unlike
+    ``torch.func.stack_module_state``), so gradients reach each module's own
+    parameters; a module may appear more than once. ``inputs`` is one tensor all
+    modules take (``shared_input``) or a stack of one input per module.
+    """
+    template = modules[0]
+    names = [name for name, _ in template.named_parameters()]
+    per_module = [dict(m.named_parameters()) for m in modules]
+    params = {name: torch.stack([p[name] for p in per_module]) for name in names}
+    in_dim = None if shared_input else 0
+    return vmap(lambda p, inp: functional_call(template, p, (inp,)), in_dims=(0, in_dim))(params, inputs)
 
 
 class BranchedNet(nn.Module):
@@ -156,26 +175,14 @@ class BranchedNet(nn.Module):
     def _run_fused(
         self, level: int, keys: list[Prefix], acts: dict[Prefix, Tensor]
     ) -> dict[Prefix, Tensor]:
-        """All sibling activations of one block as one vmap over stacked weights.
-
-        Weights are stacked with ``torch.stack`` (differentiable, unlike
-        ``torch.func.stack_module_state``), so gradients reach each node's own
-        parameters; a node serving several prefixes is stacked once per prefix.
-        """
+        """All sibling activations of one block as one :func:`run_stacked` call."""
         nodes = self.blocks[str(level)]
         modules = [nodes[str(key[-1])] for key in keys]
-        template = modules[0]
-        names = [name for name, _ in template.named_parameters()]
-        per_module = [dict(m.named_parameters()) for m in modules]
-        params = {name: torch.stack([p[name] for p in per_module]) for name in names}
         parents = [key[:-1] for key in keys]
         if all(parent == parents[0] for parent in parents):
-            inputs, in_dim = acts[parents[0]], None  # one shared input: no copies
+            out = run_stacked(modules, acts[parents[0]], shared_input=True)  # no copies
         else:
-            inputs, in_dim = torch.stack([acts[parent] for parent in parents]), 0
-        out = vmap(lambda p, inp: functional_call(template, p, (inp,)), in_dims=(0, in_dim))(
-            params, inputs
-        )
+            out = run_stacked(modules, torch.stack([acts[parent] for parent in parents]), shared_input=False)
         return dict(zip(keys, out.unbind(0), strict=True))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -172,12 +172,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from branchbench.core.backbones import Backbone
 from branchbench.core.budget import BudgetError
 from branchbench.core.method import Method, Option, SearchResult
-from branchbench.core.net import FUSE_MIN_SIBLINGS_CUDA
+from branchbench.core.net import fuses_siblings, run_stacked
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
@@ -328,20 +327,14 @@ class BranchingSupernet(nn.Module):
             return False
         if self.fuse is not None:
             return self.fuse
-        return torch.device(device).type == "cuda" and self.widths[level] >= FUSE_MIN_SIBLINGS_CUDA
+        return fuses_siblings(self.backbone.blocks[level], device, self.widths[level])
 
     def _run_block(self, level: int, inputs: Tensor, shared: bool) -> Tensor:
         """All ``K_l`` nodes of block ``level``: (K_l, B, ...) out; a loop, or one vmap (``fused``)."""
         nodes = self.nodes[level]
         self.block_evals += len(nodes)
         if self.fused(level, inputs.device):
-            template = nodes[0]
-            names = [name for name, _ in template.named_parameters()]
-            per_node = [dict(m.named_parameters()) for m in nodes]
-            params = {name: torch.stack([p[name] for p in per_node]) for name in names}
-            return vmap(lambda p, inp: functional_call(template, p, (inp,)), in_dims=(0, None if shared else 0))(
-                params, inputs
-            )
+            return run_stacked(list(nodes), inputs, shared_input=shared)
         return torch.stack([m(inputs if shared else inputs[k]) for k, m in enumerate(nodes)])
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
