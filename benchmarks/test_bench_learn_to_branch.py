@@ -18,7 +18,7 @@ from branchbench.core.net import BranchedNet
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import multitask_loss
 from branchbench.datasets.synthetic import Synthetic
-from branchbench.methods._gumbel import TemperatureSchedule
+from branchbench.core.gumbel import TemperatureSchedule
 from branchbench.methods.learn_to_branch import BranchingSupernet, derive_widths
 
 torch.set_num_threads(1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from branchbench.core.benchmark import Protocol
+from branchbench.core.benchmark import TrainingProtocol
 from branchbench.core.budget import Budget
 from branchbench.core.method import OptionError
 from branchbench.plugins import RegistryError, get_dataset_class, get_method_class
@@ -95,7 +95,7 @@ def parse_config(raw: dict[str, Any], source: str = "<inline>") -> SweepConfig:
 
     protocol = _table(raw, "protocol", where)
     try:
-        Protocol().replace(**protocol)
+        TrainingProtocol().replace(**protocol)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"[protocol] {where}: {err}") from err
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from branchbench.core.benchmark import Benchmark, Protocol
+from branchbench.core.benchmark import Benchmark, TrainingProtocol
 from branchbench.core.method import Reference
 from branchbench.core.plan import Plan
 from branchbench.core.retrain import retrain
@@ -54,7 +54,7 @@ class BaseContext:
     def progress(self, total: int, desc: str) -> Any:
         return tqdm(total=total, desc=desc, leave=False, disable=not self.show_progress)
 
-    def trainer(self, name: str, protocol: Protocol | None = None) -> Trainer:
+    def trainer(self, name: str, protocol: TrainingProtocol | None = None) -> Trainer:
         """A Trainer that logs curves as ``<name>/...`` and checkpoints as ``name``."""
         return Trainer(
             protocol or self.bench.protocol,

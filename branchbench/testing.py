@@ -584,7 +584,7 @@ def check_dataset(dataset: Dataset | type[Dataset], **options: Any) -> Benchmark
     if any(len(bench.splits[s]) == 0 for s in SPLITS):
         fail("a split is empty", "give train, val and test at least one sample each")
     if ds.protocol() != bench.protocol:
-        fail("protocol() differs from load().protocol", "return the same Protocol from both")
+        fail("protocol() differs from load().protocol", "return the same TrainingProtocol from both")
     if cls(**ds.get_params()).load().fingerprint() != bench.fingerprint():
         fail("loading twice with the same options gives different data",
              "derive every random choice from a data_seed option")

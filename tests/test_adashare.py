@@ -17,9 +17,9 @@ from branchbench.baselines.adashare import (
 from branchbench.cell import CellConfig, run_cell
 from branchbench.context import LocalContext
 from branchbench.core.budget import Budget
+from branchbench.core.gumbel import gumbel_softmax, sample_gumbel
 from branchbench.core.net import BranchedNet
 from branchbench.core.retrain import seed_everything
-from branchbench.methods._gumbel import gumbel_softmax, sample_gumbel
 
 
 def test_soft_policy_tends_to_the_hard_sample_and_noiseless_is_the_argmax():

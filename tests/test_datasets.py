@@ -141,7 +141,9 @@ def test_synthetic_hierarchy_correlates_groups_within_a_supergroup():
         (dict(input_dim=2, groups=3), "input_dim=2 is too small .*use input_dim >= 3"),
         (dict(input_dim=5, tasks=8, groups=4, supergroups=2), "use input_dim >= 6"),
         (dict(within_corr=1.5), r"within_corr=1.5 is outside \[0.0, 1.0\]"),
-        (dict(tasks="nine"), "should be of type int"),
+        (dict(tasks="nine"), "should be an integer"),
+        (dict(tasks=2.0), "should be an integer"),
+        (dict(tasks=True), "should be an integer"),
         (dict(task=9), r"unknown option\(s\) \['task'\]"),
     ],
 )

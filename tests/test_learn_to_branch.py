@@ -7,9 +7,9 @@ import torch
 
 from branchbench.context import LocalContext
 from branchbench.core.budget import Budget, BudgetError
+from branchbench.core.gumbel import TemperatureSchedule, gumbel_softmax, sample_gumbel
 from branchbench.core.net import BranchedNet
 from branchbench.datasets.synthetic import Synthetic
-from branchbench.methods._gumbel import TemperatureSchedule, gumbel_softmax, sample_gumbel
 from branchbench.methods.learn_to_branch import (
     BranchingSupernet,
     LearnToBranch,

@@ -120,11 +120,12 @@ from torch import Tensor, nn
 
 from branchbench.core.benchmark import Benchmark
 from branchbench.core.budget import Budget
+from branchbench.core.gumbel import gumbel_softmax
 from branchbench.core.method import Method, Option, RunContext, SearchResult
+from branchbench.core.net import export_state
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import multitask_loss
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
-from branchbench.methods._gumbel import gumbel_softmax
 
 SELECT, SKIP, MIXED = 0, 1, -1
 EPOCH_FACTOR = 5.0  # search epochs per protocol epoch by default (see the module docstring)
@@ -319,20 +320,12 @@ class AdaShareSupernet(nn.Module):
 
     def weights_for(self, plan: Plan) -> dict[str, Tensor]:
         """The shared search weights in BranchedNet's layout for ``plan``."""
-        state: dict[str, Tensor] = {}
-
-        def put(prefix: str, module: nn.Module) -> None:
-            for key, value in module.state_dict().items():
-                state[f"{prefix}.{key}"] = value.detach().cpu().clone()
-
-        for level in range(self.n_blocks):
-            if plan.nodes_used(level):
-                put(f"blocks.{level}.0", self.blocks[level])
-            if plan.has_skip(level):
-                put(f"shortcuts.{level}", self.shortcuts[level])
-        for name in self.task_names:
-            put(f"heads.{name}", self.heads[name])
-        return state
+        n = range(self.n_blocks)
+        return export_state(
+            blocks={(level, 0): self.blocks[level] for level in n if plan.nodes_used(level)},
+            heads={name: self.heads[name] for name in self.task_names},
+            shortcuts={level: self.shortcuts[level] for level in n if plan.has_skip(level)},
+        )
 
 
 class _Curriculum(Hook):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from branchbench.core.backbones import Backbone
+from branchbench.core.options import Option, OptionError
 from branchbench.core.tasks import TaskSpec
 
 SPLITS = ("train", "val", "test")
@@ -45,14 +46,37 @@ class Split:
         return Split(self.x.to(device), {t: v.to(device) for t, v in self.y.items()})
 
 
-@dataclass
-class Protocol:
+# the protocol's keys: default, type and allowed values (checked strictly, like any option)
+PROTOCOL_OPTIONS: dict[str, Option] = {
+    "epochs": Option(30, "training epochs", low=1),
+    "batch_size": Option(128, "minibatch size", low=1),
+    "optimizer": Option("adam", "the optimiser", choices=("adam", "adamw", "sgd")),
+    "lr": Option(1e-3, "learning rate (> 0)", low=1e-12),
+    "weight_decay": Option(0.0, "weight decay", low=0.0),
+    "momentum": Option(0.9, "SGD momentum", low=0.0, high=1.0),
+    "lr_schedule": Option("cosine", "learning-rate schedule", choices=("constant", "cosine", "step")),
+    "early_stopping": Option(0, "patience in epochs on the validation loss (0 = off)", low=0),
+    "max_seconds": Option(None, "stop a run's training after this many seconds (none = no limit)",
+                          low=1e-9, type=float),
+    "threads": Option(1, "torch CPU threads of a cell", low=1, high=1024),
+    "amp": Option("auto", "mixed precision", choices=("auto", "bf16", "off")),
+    "divergence_factor": Option(1e3, "fail when the loss exceeds this multiple of its first value (> 1)",
+                                low=1.0 + 1e-9),
+}
+NULLABLE = frozenset({"max_seconds"})
+
+
+@dataclass(frozen=True)
+class TrainingProtocol:
     """How every network of a benchmark is trained (search supernets and retraining).
 
     ``early_stopping`` is a patience in epochs on the validation loss (0 = off);
     the weights of the best validation epoch are kept. ``max_seconds`` stops a
     run's training early (not a failure). ``threads`` pins torch's CPU threads
-    so results do not depend on how many cells run at once.
+    so results do not depend on how many cells run at once. Every key is
+    checked like a declared option (:data:`PROTOCOL_OPTIONS`): ``epochs=2.5``,
+    ``epochs=true`` and ``epochs="abc"`` are refused with a message naming the
+    key. Immutable: :meth:`replace` returns a new protocol.
     """
 
     epochs: int = 30
@@ -68,34 +92,20 @@ class Protocol:
     amp: str = "auto"
     divergence_factor: float = 1e3
 
-    OPTIMIZERS = ("adam", "adamw", "sgd")
-    SCHEDULES = ("constant", "cosine", "step")
-    AMP = ("auto", "bf16", "off")
-
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.optimizer in self.OPTIMIZERS, "optimizer", f"one of {self.OPTIMIZERS}"),
-            (self.lr > 0, "lr", "a positive number"),
-            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
-            (self.lr_schedule in self.SCHEDULES, "lr_schedule", f"one of {self.SCHEDULES}"),
-            (self.early_stopping >= 0, "early_stopping", "a patience in epochs >= 0 (0 = off)"),
-            (self.max_seconds is None or self.max_seconds > 0, "max_seconds", "a positive number or none"),
-            (self.threads >= 1, "threads", "an integer >= 1"),
-            (self.amp in self.AMP, "amp", f"one of {self.AMP}"),
-            (self.divergence_factor > 1, "divergence_factor", "a number > 1"),
-        ]
-        for ok, key, allowed in checks:
-            if not ok:
-                raise ValueError(f"protocol.{key} = {getattr(self, key)!r} is invalid; use {allowed}")
+        for key, option in PROTOCOL_OPTIONS.items():
+            value = getattr(self, key)
+            if value is None and key in NULLABLE:
+                continue
+            if value is None:
+                raise OptionError(f"protocol.{key} cannot be empty; give {option.describe()}")
+            object.__setattr__(self, key, option.validate("protocol", key, value))
 
-    def replace(self, **changes: Any) -> Protocol:
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+    def replace(self, **changes: Any) -> TrainingProtocol:
+        unknown = sorted(set(changes) - set(PROTOCOL_OPTIONS))
         if unknown:
-            raise ValueError(
-                f"unknown protocol key(s) {unknown}; known keys are "
-                f"{sorted(f.name for f in dataclasses.fields(self))}"
+            raise OptionError(
+                f"unknown protocol key(s) {unknown}; known keys are {sorted(PROTOCOL_OPTIONS)}"
             )
         return dataclasses.replace(self, **changes)
 
@@ -115,7 +125,7 @@ class Benchmark:
     tasks: list[TaskSpec]
     splits: dict[str, Split]
     backbone: Backbone
-    protocol: Protocol = field(default_factory=Protocol)
+    protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
     groups: dict[str, int] | None = None
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     options: dict[str, Any] = field(default_factory=dict)

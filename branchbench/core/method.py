@@ -14,73 +14,21 @@ It never retrains its plan either: the cell function does that for all.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from branchbench.core.options import Configurable, Option, OptionError, resolve_options
 from branchbench.core.plan import Plan
 
+__all__ = ["Method", "Option", "OptionError", "Reference", "RunContext", "SearchResult", "resolve_options"]
+
 if TYPE_CHECKING:  # pragma: no cover
-    from branchbench.core.benchmark import Benchmark
-    from branchbench.core.benchmark import Protocol as TrainProtocol
+    from branchbench.core.benchmark import Benchmark, TrainingProtocol
     from branchbench.core.budget import Budget
     from branchbench.core.trainer import Trainer
-
-
-class OptionError(ValueError):
-    """An unknown option name or a value outside an option's allowed values."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """A declared hyper-parameter: its default, type and allowed values."""
-
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-
-    def validate(self, owner: str, name: str, value: Any) -> Any:
-        if value is None and self.default is None:
-            return None
-        kind = type(self.default) if self.default is not None else None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if kind is not None and not isinstance(value, kind):
-            raise OptionError(
-                f"{owner}: option {name}={value!r} should be of type {kind.__name__} "
-                f"(default {self.default!r})"
-            )
-        if self.choices is not None and value not in self.choices:
-            raise OptionError(f"{owner}: option {name}={value!r} is not one of {list(self.choices)}")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if self.low is not None and value < self.low or self.high is not None and value > self.high:
-                raise OptionError(
-                    f"{owner}: option {name}={value!r} is outside [{self.low}, {self.high}]"
-                )
-            if isinstance(value, float) and not math.isfinite(value):
-                raise OptionError(f"{owner}: option {name}={value!r} is not finite")
-        return value
-
-
-def resolve_options(owner: str, declared: Mapping[str, Option], given: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with the given options (``None`` means "use the default")."""
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise OptionError(
-            f"{owner}: unknown option(s) {unknown}; known options are {sorted(declared) or 'none'}"
-        )
-    out = {}
-    for name, option in declared.items():
-        value = given.get(name)
-        out[name] = option.default if value is None else option.validate(owner, name, value)
-    return out
 
 
 @dataclass
@@ -126,35 +74,33 @@ class RunContext(Protocol):
 
     def progress(self, total: int, desc: str) -> Any: ...
 
-    def trainer(self, name: str, protocol: TrainProtocol | None = None) -> Trainer: ...
+    def trainer(self, name: str, protocol: TrainingProtocol | None = None) -> Trainer: ...
 
     def reference(self, method: str) -> Reference: ...
 
 
-class Method:
+class Method(Configurable):
     """Base class of every method and baseline.
 
-    Subclasses set ``name``, ``budget_aware``, ``tags`` and ``options`` and
-    implement :meth:`search`. Tags tell the conformance kit which checks apply:
-    ``"search"`` (trains a supernet), ``"skips"`` (may return skips),
-    ``"needs_groups"`` (needs data with known groups), ``"needs_reference"``
-    (asks for the single-task networks), ``"stochastic"`` (plan depends on seed).
+    Subclasses set ``name``, ``budget_aware``, ``tags``, ``options`` and
+    ``version`` (bumped whenever the method's results change, so finished cells
+    of the old version rerun) and implement :meth:`search`. Tags tell the
+    conformance kit which checks apply: ``"search"`` (trains a supernet),
+    ``"skips"`` (may return skips), ``"needs_groups"`` (needs data with known
+    groups), ``"needs_reference"`` (asks for the single-task networks),
+    ``"stochastic"`` (plan depends on seed).
     """
 
-    name: ClassVar[str] = ""
     budget_aware: ClassVar[bool] = False
     tags: ClassVar[frozenset[str]] = frozenset()
-    options: ClassVar[dict[str, Option]] = {}
-
-    def __init__(self, **options: Any) -> None:
-        self.params = resolve_options(f"method {self.name!r}", self.options, options)
+    kind_label: ClassVar[str] = "method"
 
     def search(self, bench: Benchmark, budget: Budget, ctx: RunContext) -> SearchResult:
         raise NotImplementedError
 
-    def get_params(self) -> dict[str, Any]:
-        return dict(self.params)
+    def check_protocol(self, protocol: TrainingProtocol) -> None:
+        """Refuse, while the cell is resolved, options that cannot work with ``protocol``.
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{type(self).__name__}({args})"
+        Raise :class:`OptionError` naming the options and the fix (e.g. a
+        warm-up at least as long as the search).
+        """

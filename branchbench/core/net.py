@@ -24,7 +24,7 @@ in task order), so a fixed torch seed gives fixed weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,33 @@ def run_stacked(modules: Sequence[nn.Module], inputs: Tensor, shared_input: bool
     params = {name: torch.stack([p[name] for p in per_module]) for name in names}
     in_dim = None if shared_input else 0
     return vmap(lambda p, inp: functional_call(template, p, (inp,)), in_dims=(0, in_dim))(params, inputs)
+
+
+def export_state(
+    blocks: Mapping[tuple[int, int], nn.Module],
+    heads: Mapping[str, nn.Module],
+    shortcuts: Mapping[int, nn.Module] | None = None,
+) -> dict[str, Tensor]:
+    """Weights of separate modules in :class:`BranchedNet`'s ``state_dict`` layout (CPU copies).
+
+    ``blocks`` maps (block, node id) to the module holding that node's weights,
+    ``heads`` a task to its head, ``shortcuts`` a block to its shortcut. Search
+    supernets use it to hand their weights over for fine-tuning, so the layout
+    (see the module docstring) is written in one place.
+    """
+    state: dict[str, Tensor] = {}
+
+    def put(prefix: str, module: nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            state[f"{prefix}.{key}"] = value.detach().cpu().clone()
+
+    for (level, node), module in blocks.items():
+        put(f"blocks.{level}.{node}", module)
+    for level, module in (shortcuts or {}).items():
+        put(f"shortcuts.{level}", module)
+    for task, module in heads.items():
+        put(f"heads.{task}", module)
+    return state
 
 
 class BranchedNet(nn.Module):

@@ -32,7 +32,7 @@ from typing import Protocol as TypingProtocol
 import torch
 from torch import nn
 
-from branchbench.core.benchmark import Benchmark, Protocol, Split
+from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
 from branchbench.core.tasks import multitask_loss
 
 LossFn = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -155,7 +155,7 @@ class Trainer:
 
     def __init__(
         self,
-        protocol: Protocol,
+        protocol: TrainingProtocol,
         device: torch.device | str = "cpu",
         seed: int = 0,
         log: Callable[[Mapping[str, float], int], None] | None = None,

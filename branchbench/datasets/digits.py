@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from branchbench.core.backbones import rescnn_backbone
-from branchbench.core.benchmark import Benchmark, Protocol, Split
-from branchbench.core.method import Option, OptionError
+from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
+from branchbench.core.options import Option, OptionError
 from branchbench.core.tasks import TaskSpec
 from branchbench.datasets.base import Dataset
 
@@ -102,8 +102,8 @@ class Digits(Dataset):
             )
         return names
 
-    def protocol(self) -> Protocol:
-        return Protocol(
+    def protocol(self) -> TrainingProtocol:
+        return TrainingProtocol(
             epochs=40,
             batch_size=128,
             optimizer="adam",

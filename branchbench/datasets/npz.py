@@ -56,8 +56,8 @@ import numpy as np
 import torch
 
 from branchbench.core.backbones import Backbone, mlp_backbone, rescnn_backbone
-from branchbench.core.benchmark import SPLITS, Benchmark, Protocol, Split
-from branchbench.core.method import Option, OptionError
+from branchbench.core.benchmark import SPLITS, Benchmark, Split, TrainingProtocol
+from branchbench.core.options import Option, OptionError
 from branchbench.core.tasks import TASK_KINDS, TaskSpec
 from branchbench.datasets.base import Dataset
 
@@ -460,9 +460,9 @@ class NpzDataset(Dataset):
                   "save the data with numpy.savez (.npz) or DataFrame.to_csv (.csv)")
         return path
 
-    def protocol(self) -> Protocol:
+    def protocol(self) -> TrainingProtocol:
         self._path()  # a missing or unreadable path fails when the cell is resolved
-        return Protocol(
+        return TrainingProtocol(
             epochs=30,
             batch_size=128,
             optimizer="adam",

@@ -69,8 +69,8 @@ import numpy as np
 import torch
 
 from branchbench.core.backbones import mlp_backbone
-from branchbench.core.benchmark import Benchmark, Protocol, Split
-from branchbench.core.method import Option, OptionError
+from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
+from branchbench.core.options import Option, OptionError
 from branchbench.core.tasks import TaskSpec
 from branchbench.datasets.base import Dataset
 
@@ -190,9 +190,9 @@ class Synthetic(Dataset):
         return w / np.linalg.norm(w, axis=1, keepdims=True)
 
     # ------------------------------------------------------------------- load
-    def protocol(self) -> Protocol:
+    def protocol(self) -> TrainingProtocol:
         """Fast CPU training: a default cell of shared-bottom trains in seconds."""
-        return Protocol(
+        return TrainingProtocol(
             epochs=60,
             batch_size=128,
             optimizer="adam",

@@ -113,14 +113,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from branchbench.core.benchmark import Benchmark, Protocol
+from branchbench.core.benchmark import Benchmark, TrainingProtocol
 from branchbench.core.budget import Budget, BudgetError
+from branchbench.core.gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
 from branchbench.core.method import Method, Option, RunContext, SearchResult
-from branchbench.core.net import BranchedNet
+from branchbench.core.net import BranchedNet, export_state
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import FitState, Hook
-from branchbench.methods._gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
 
 
 def groups_for_budget(backbone_params: list[int], shared_blocks: int, n_tasks: int, cap: float) -> int:
@@ -138,7 +138,7 @@ def groups_for_budget(backbone_params: list[int], shared_blocks: int, n_tasks: i
     return max(0, min(n_tasks, int((cap - stem) // branch)))
 
 
-def check_logit_reparametrisation(protocol: Protocol, logit_lr_mult: float) -> None:
+def check_logit_reparametrisation(protocol: TrainingProtocol, logit_lr_mult: float) -> None:
     """Refuse optimisers under which ``logits = mult * theta`` is not a plain logit-lr multiplier.
 
     The trick relies on Adam's step being invariant to the gradient's scale.
@@ -255,19 +255,12 @@ class DMTGSupernet(nn.Module):
         plan = Plan(self.task_names, self.backbone.block_names, {
             t: [0] * s + [rank[j]] * (n_blocks - s) for t, j in assignment.items()
         })
-        state: dict[str, Tensor] = {}
-        trunk = self.trunk.state_dict()
-        for level in range(n_blocks):
-            pairs = [(0, 0)] if level < s else [(j, rank[j]) for j in used]
-            for old, new in pairs:
-                prefix = f"blocks.{level}.{old}."
-                for key, value in trunk.items():
-                    if key.startswith(prefix):
-                        state[f"blocks.{level}.{new}.{key[len(prefix):]}"] = value.detach().cpu().clone()
-        for task, j in assignment.items():
-            for key, value in self.heads[str(j)][task].state_dict().items():
-                state[f"heads.{task}.{key}"] = value.detach().cpu().clone()
-        return plan, state
+        trunk = self.trunk.blocks
+        blocks = {(level, new): trunk[str(level)][str(old)]
+                  for level in range(n_blocks)
+                  for old, new in ([(0, 0)] if level < s else [(j, rank[j]) for j in used])}
+        heads = {task: self.heads[str(j)][task] for task, j in assignment.items()}
+        return plan, export_state(blocks, heads)
 
 
 def assignment_entropy(logits: Tensor) -> Tensor:
@@ -345,7 +338,7 @@ class DMTG(Method):
             )
         return k
 
-    def _protocol(self, bench: Benchmark) -> Protocol:
+    def _protocol(self, bench: Benchmark) -> TrainingProtocol:
         """The search's protocol: every epoch runs (no early stopping), as in the reference."""
         protocol = bench.protocol.replace(early_stopping=0)
         if self.params["search_epochs"]:

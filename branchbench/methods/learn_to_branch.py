@@ -175,12 +175,12 @@ from torch import Tensor, nn
 
 from branchbench.core.backbones import Backbone
 from branchbench.core.budget import BudgetError
+from branchbench.core.gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
 from branchbench.core.method import Method, Option, SearchResult
-from branchbench.core.net import fuses_siblings, run_stacked
+from branchbench.core.net import export_state, fuses_siblings, run_stacked
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
-from branchbench.methods._gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
 
 
 # --------------------------------------------------------------------- widths
@@ -373,15 +373,9 @@ class BranchingSupernet(nn.Module):
         for task in self.task_names:
             nodes[task] = [relabel[level].setdefault(k, len(relabel[level])) for level, k in enumerate(paths[task])]
         plan = Plan(self.task_names, blocks, nodes).require_tree()
-        state: dict[str, Tensor] = {}
-        for level, mapping in enumerate(relabel):
-            for old, new in mapping.items():
-                for name, value in self.nodes[level][old].state_dict().items():
-                    state[f"blocks.{level}.{new}.{name}"] = value.detach().cpu().clone()
-        for task, head in self.heads.items():
-            for name, value in head.state_dict().items():
-                state[f"heads.{task}.{name}"] = value.detach().cpu().clone()
-        return plan, state
+        blocks = {(level, new): self.nodes[level][old]
+                  for level, mapping in enumerate(relabel) for old, new in mapping.items()}
+        return plan, export_state(blocks, dict(self.heads.items()))
 
 
 def coshare_probability(probs: Sequence[Tensor], widths: Sequence[int], a: int, b: int) -> list[float]:
