@@ -1,12 +1,12 @@
-"""One function executes a cell: resolve config -> search -> retrain -> evaluate -> log.
+"""One function executes a cell: search -> retrain -> evaluate -> log.
 
-A *cell* is (dataset and its options, method and its options, budget, seed,
-training protocol). ``branchbench run`` runs one; ``branchbench sweep`` runs
-many; both call :func:`run_cell`. Its fully resolved config is hashed; the hash
-is the cell's identity for resume and reuse (the MLflow tag
-``bb.config_hash``). A cell runs under a file lock beside the store, so two
-processes never run one cell at once; a cell whose process died restarts from
-its last checkpoint, and a finished cell is skipped.
+``branchbench run`` runs one cell; ``branchbench sweep`` runs many; both call
+:func:`run_cell` with a resolved :class:`~branchbench.resolve.Cell`. A cell runs
+under a file lock beside the store, so two processes never run one cell at
+once; a finished cell is skipped; a cell whose process died is resumed: its
+interrupted run is reopened (set back to RUNNING, tagged with the epochs it
+resumed from) and continues from its last checkpoint, so the finished run holds
+every epoch's curve and its search time includes the interrupted part.
 
 The plan a method returns is always retrained from scratch by the same code
 (fine-tuning the search weights is opt-in, and tagged ``bb.finetuned``).
@@ -15,70 +15,31 @@ The plan a method returns is always retrained from scratch by the same code
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
-import os
-import platform
 import shutil
-import subprocess
 import time
 import traceback
-from collections.abc import Mapping
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from branchbench.context import REFERENCE_PLANS, BaseContext
+from branchbench import interrupts
+from branchbench.context import CellContext, CellProgress
 from branchbench.core.benchmark import Benchmark
-from branchbench.core.budget import Budget, BudgetError
-from branchbench.core.method import Method, Reference
+from branchbench.core.budget import BudgetError
 from branchbench.core.metrics import delta_m, grouping_scores, measure_latency
 from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
 from branchbench.core.trainer import DivergenceError, resolve_amp
-from branchbench.datasets.base import Dataset
-from branchbench.plugins import RegistryError, create_dataset, get_method_class
+from branchbench.locks import FileLock
+from branchbench.plugins import RegistryError, get_method_class
+from branchbench.provenance import environment_tags
+from branchbench.resolve import DELTA_M_REFERENCE, Cell, CellConfig, CellError, resolve
 from branchbench.tracking import Tracking
 
-CONFIG_VERSION = 1
-
-
-class CellError(RuntimeError):
-    """A cell that could not run; the message names the cause and the fix."""
-
-
-@dataclass
-class CellConfig:
-    """What a user asks for; ``resolve`` fills in every default."""
-
-    dataset: str
-    method: str
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    method_options: dict[str, Any] = field(default_factory=dict)
-    budget: float | None = None
-    seed: int = 0
-    protocol: dict[str, Any] = field(default_factory=dict)
-    finetune: bool = False
-
-
-@dataclass
-class ResolvedCell:
-    config: CellConfig
-    dataset: Dataset
-    method_cls: type[Method]
-    resolved: dict[str, Any]
-    hash: str
-    data_key: str
-
-    @property
-    def name(self) -> str:
-        budget = self.resolved["budget"]
-        tail = "" if budget is None else f"-b{budget:g}"
-        return f"{self.config.dataset}-{self.config.method}{tail}-s{self.config.seed}"
+BENCH_CACHE_SIZE = 2
 
 
 @dataclass
@@ -89,176 +50,7 @@ class CellOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     failure_kind: str | None = None
-
-
-def config_hash(resolved: Mapping[str, Any]) -> str:
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def resolve(config: CellConfig) -> ResolvedCell:
-    """Every default filled in, validated, hashed. Raises with a clear message on bad input."""
-    dataset = create_dataset(config.dataset, **config.dataset_options)
-    method_cls = get_method_class(config.method)
-    method = method_cls(**config.method_options)  # validates the options now, not mid-run
-    if "needs_groups" in method_cls.tags and not dataset.has_groups:
-        raise CellError(
-            f"method {config.method!r} needs data with a known task grouping; dataset "
-            f"{config.dataset!r} has none. Choose a dataset with known groups (e.g. synthetic)."
-        )
-    try:
-        protocol = dataset.protocol()
-    except (OSError, ValueError, KeyError) as err:
-        raise CellError(f"dataset {config.dataset!r} could not be loaded: {err}") from err
-    try:
-        protocol = protocol.replace(**config.protocol)
-    except (ValueError, TypeError) as err:
-        raise CellError(f"protocol: {err}") from err
-    budget = config.budget if method_cls.budget_aware else None
-    Budget(budget)  # validates
-    data = {"name": config.dataset, "options": dataset.get_params()}
-    resolved = {
-        "version": CONFIG_VERSION,
-        "dataset": data,
-        "method": {"name": config.method, "options": method.get_params()},
-        "budget": budget,
-        "seed": config.seed,
-        "protocol": protocol.to_dict(),
-        "finetune": bool(config.finetune),
-    }
-    data_key = config_hash({"dataset": data, "protocol": protocol.to_dict()})
-    return ResolvedCell(config, dataset, method_cls, resolved, config_hash(resolved), data_key)
-
-
-# ------------------------------------------------------------------- context
-class FileCheckpointer:
-    """A checkpoint file written atomically (a killed process never leaves half a file)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.exists():
-            return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-
-
-class CellContext(BaseContext):
-    """The context of a cell: logs go to its MLflow run, checkpoints beside the store."""
-
-    def __init__(
-        self,
-        cell: ResolvedCell,
-        bench: Benchmark,
-        tracking: Tracking,
-        run_id: str,
-        device: torch.device,
-        parent_run_id: str | None,
-        show_progress: bool,
-    ) -> None:
-        super().__init__(bench, cell.config.seed, device, show_progress)
-        self.cell = cell
-        self.tracking = tracking
-        self.run_id = run_id
-        self.parent_run_id = parent_run_id
-        self.checkpoint_dir = tracking.checkpoint_root / cell.hash
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.tracking.log_metrics(self.run_id, metrics, step)
-
-    def log_artifact(self, name: str, obj: Any) -> None:
-        self.tracking.log_object(self.run_id, f"search/{name}", obj)
-
-    def checkpointer(self, name: str) -> FileCheckpointer:
-        return FileCheckpointer(self.checkpoint_dir / f"{name}.pt")
-
-    def _make_reference(self, method: str) -> Reference:
-        if method not in REFERENCE_PLANS:
-            raise KeyError(f"no reference {method!r}; references are {sorted(REFERENCE_PLANS)}")
-        found = self.tracking.runs(
-            f"tags.`bb.method` = '{method}' and tags.`bb.data_key` = '{self.cell.data_key}' "
-            f"and tags.`bb.seed` = '{self.seed}' and attributes.status = 'FINISHED'"
-        )
-        reused = bool(found)
-        if not reused:
-            ref_config = dataclasses.replace(self.cell.config, method=method, method_options={}, budget=None, finetune=False)
-            outcome = run_cell(
-                ref_config, self.tracking, parent_run_id=self.parent_run_id, device=self.device,
-                bench=self.bench, show_progress=self.show_progress,
-            )
-            if outcome.status not in ("finished", "skipped") or outcome.run_id is None:
-                raise CellError(f"the {method} reference run failed: {outcome.error}")
-            run = self.tracking.get_run(outcome.run_id)
-        else:
-            run = found[0]
-        data = run.data.metrics
-        metrics = {k[len("test.") :]: v for k, v in data.items() if k.startswith("test.")}
-        return Reference(
-            method=method,
-            run_id=run.info.run_id,
-            plan=Plan.from_dict(self.tracking.load_json(run.info.run_id, "plan.json")),
-            state_dict=self.tracking.load_state_dict(run.info.run_id),
-            metrics=metrics,
-            seconds=data.get("search_seconds", 0.0) + data.get("train_seconds", 0.0),
-            reused=reused,
-        )
-
-
-# --------------------------------------------------------------- provenance
-def code_version() -> tuple[str, bool]:
-    """The git commit of the branchbench checkout and whether it has local changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip()
-        )
-        return commit, dirty
-    except (OSError, subprocess.SubprocessError):
-        try:
-            return f"branchbench-{metadata.version('branchbench')}", False
-        except metadata.PackageNotFoundError:
-            return "unknown", False
-
-
-def environment_tags(device: torch.device) -> dict[str, str]:
-    commit, dirty = code_version()
-    tags = {
-        "bb.code_version": commit,
-        "bb.code_dirty": str(dirty).lower(),
-        "bb.device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "bb.threads": str(torch.get_num_threads()),
-        "bb.version.python": platform.python_version(),
-    }
-    for package in ("torch", "numpy", "scikit-learn", "mlflow", "pandas"):
-        try:
-            tags[f"bb.version.{package}"] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return tags
-
-
-def flat_params(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"budget": resolved["budget"], "seed": resolved["seed"], "finetune": resolved["finetune"]}
-    out["dataset"] = resolved["dataset"]["name"]
-    out["method"] = resolved["method"]["name"]
-    for section in ("dataset", "method"):
-        for key, value in resolved[section]["options"].items():
-            out[f"{section}.{key}"] = value
-    for key, value in resolved["protocol"].items():
-        out[f"protocol.{key}"] = value
-    return out
+    seconds: float = 0.0
 
 
 def failure_kind(err: BaseException) -> str:
@@ -272,133 +64,171 @@ def failure_kind(err: BaseException) -> str:
     return "error"
 
 
-# ----------------------------------------------------------------- the cell
-class _CellLock:
-    """An exclusive, non-blocking lock on one cell (a file beside the store)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a+")  # noqa: SIM115 - held for the cell's lifetime
-
-    def acquire(self) -> bool:
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-
-    def release(self) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# ------------------------------------------------------------------ data
+_BENCHES: OrderedDict[str, Benchmark] = OrderedDict()
+
+
+def load_bench(cell: Cell) -> Benchmark:
+    """The cell's benchmark with its resolved protocol; loaded once per data key in a process."""
+    if cell.data_key not in _BENCHES:
+        _BENCHES[cell.data_key] = cell.make_dataset().load()
+        while len(_BENCHES) > BENCH_CACHE_SIZE:
+            _BENCHES.popitem(last=False)
+    _BENCHES.move_to_end(cell.data_key)
+    return dataclasses.replace(_BENCHES[cell.data_key], protocol=cell.protocol)
+
+
+# ------------------------------------------------------------------ the cell
 def run_cell(
-    config: CellConfig | ResolvedCell,
+    cell: Cell | CellConfig,
     tracking: Tracking,
     *,
     parent_run_id: str | None = None,
     device: torch.device | str | None = None,
     force: bool = False,
-    bench: Benchmark | None = None,
     show_progress: bool = False,
+    wait: bool = False,
 ) -> CellOutcome:
     """Run one cell end to end and record it in MLflow; never raises for a failing cell.
 
-    Returns ``skipped`` when a FINISHED run of the same config exists (unless
-    ``force``), ``busy`` when another process holds the cell, ``failed`` (the
-    run is marked FAILED with its reason in the tag ``bb.failure``) or
-    ``finished``.
+    Returns ``skipped`` when a FINISHED run of the same cell exists (unless
+    ``force``), ``busy`` when another process holds the cell (or, with
+    ``wait``, waits for it and then decides), ``failed`` (the run is marked
+    FAILED with its reason in the tag ``bb.failure``) or ``finished``.
+    A :class:`CellConfig` is resolved first (a convenience for scripts; the
+    runner passes resolved cells). Ctrl-C or SIGTERM marks the run KILLED
+    with the reason and propagates.
     """
-    cell = config if isinstance(config, ResolvedCell) else resolve(config)
-    device = torch.device(device) if device is not None else _default_device()
-    lock = _CellLock(tracking.checkpoint_root / f"{cell.hash}.lock")
-    if not lock.acquire():
-        lock.file.close()
-        return CellOutcome("busy", cell.hash, error="another process is running this cell")
+    if isinstance(cell, CellConfig):
+        cell = resolve(cell)
+    device = torch.device(device) if device is not None else default_device()
+    lock = FileLock(tracking.checkpoint_root / f"{cell.hash}.lock")
+    while not lock.try_acquire():
+        if not wait:
+            return CellOutcome("busy", cell.hash, error="another process is running this cell")
+        lock.wait_released()
     try:
         finished = tracking.finished_run(cell.hash)
         if finished is not None and not force:
             return CellOutcome("skipped", cell.hash, finished.info.run_id, dict(finished.data.metrics))
-        for stale in tracking.runs_of_cell(cell.hash, statuses=["RUNNING", "SCHEDULED"]):
-            tracking.end_run(stale.info.run_id, "KILLED", "superseded: its process ended without finishing")
-        return _execute(cell, tracking, parent_run_id, device, bench, show_progress)
+        return _execute(cell, tracking, parent_run_id, device, show_progress)
     finally:
         lock.release()
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _execute(cell, tracking, parent_run_id, device, bench, show_progress) -> CellOutcome:
-    protocol_dict = cell.resolved["protocol"]
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(protocol_dict["threads"])
-    cfg = cell.config
-    tags = {
-        "bb.kind": "cell",
-        "bb.config_hash": cell.hash,
-        "bb.data_key": cell.data_key,
-        "bb.dataset": cfg.dataset,
-        "bb.method": cfg.method,
-        "bb.budget": "none" if cell.resolved["budget"] is None else f"{cell.resolved['budget']:g}",
-        "bb.budget_aware": str(cell.method_cls.budget_aware).lower(),
-        "bb.seed": str(cfg.seed),
-        "bb.finetuned": str(bool(cfg.finetune)).lower(),
-        **environment_tags(device),
-    }
+def _open_run(cell: Cell, tracking: Tracking, parent_run_id: str | None, device: torch.device) -> tuple[str, bool]:
+    """The cell's run: its interrupted run reopened when a checkpoint remains, else a new one."""
+    progress = CellProgress(tracking.checkpoint_root / cell.hash)
+    unfinished = tracking.runs_of_cell(cell.hash, statuses=["RUNNING", "SCHEDULED", "KILLED"])
+    resumable = unfinished[0] if unfinished and progress.resumed_epochs() else None
+    for stale in unfinished:
+        if stale is not resumable and stale.info.status != "KILLED":
+            tracking.end_run(stale.info.run_id, "KILLED", "superseded: its process ended without a checkpoint")
+    if resumable is not None:
+        run_id = resumable.info.run_id
+        tracking.reopen_run(run_id)
+        resumes = int(resumable.data.tags.get("bb.resumes", "0")) + 1
+        epochs = ", ".join(f"{name} epoch {epoch}" for name, epoch in progress.resumed_epochs().items())
+        tracking.set_tags(run_id, {"bb.resumes": resumes, "bb.resumed_from": epochs})
+        return run_id, True
+    shutil.rmtree(tracking.checkpoint_root / cell.hash, ignore_errors=True)
+    method_cls = get_method_class(cell.method_kind)
+    tags = {**cell.tags(), **environment_tags(device)}
+    differences = method_cls.differences_from_paper()
+    if differences:
+        tags["bb.method_differences"] = differences
     run_id = tracking.start_run(cell.name, tags, parent_run_id)
+    tracking.log_params(run_id, flat_params(cell.resolved))
+    tracking.log_object(run_id, "config.json", cell.resolved)
+    return run_id, False
+
+
+def _execute(cell: Cell, tracking: Tracking, parent_run_id: str | None, device: torch.device,
+             show_progress: bool) -> CellOutcome:
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cell.protocol.threads)
+    start = time.perf_counter()
+    run_id, _ = _open_run(cell, tracking, parent_run_id, device)
     try:
-        tracking.log_params(run_id, flat_params(cell.resolved))
-        tracking.log_object(run_id, "config.json", cell.resolved)
-        metrics = _search_and_retrain(cell, tracking, run_id, device, parent_run_id, bench, show_progress)
+        metrics = _search_and_retrain(cell, tracking, run_id, device, parent_run_id, show_progress)
         tracking.end_run(run_id, "FINISHED")
         shutil.rmtree(tracking.checkpoint_root / cell.hash, ignore_errors=True)
-        return CellOutcome("finished", cell.hash, run_id, metrics)
-    except KeyboardInterrupt:
-        tracking.end_run(run_id, "KILLED", "interrupted by the user")
+        return CellOutcome("finished", cell.hash, run_id, metrics, seconds=time.perf_counter() - start)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run says why it stopped
+        tracking.end_run(run_id, "KILLED", interrupts.reason(err))
         raise
     except Exception as err:  # a failing cell is recorded and the caller goes on
         reason = f"{type(err).__name__}: {err}"
         kind = failure_kind(err)
         tracking.set_tags(run_id, {"bb.failure_kind": kind, "bb.traceback": traceback.format_exc()[-4000:]})
         tracking.end_run(run_id, "FAILED", reason)
-        return CellOutcome("failed", cell.hash, run_id, error=reason, failure_kind=kind)
+        return CellOutcome("failed", cell.hash, run_id, error=reason, failure_kind=kind,
+                           seconds=time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _search_and_retrain(cell, tracking, run_id, device, parent_run_id, bench, show_progress) -> dict[str, float]:
-    cfg = cell.config
-    if bench is None:
-        bench = cell.dataset.load()
-    bench = dataclasses.replace(bench, protocol=bench.protocol.replace(**cfg.protocol))
-    tracking.set_tags(run_id, {"bb.data_fingerprint": bench.fingerprint()})
-    ctx = CellContext(cell, bench, tracking, run_id, device, parent_run_id, show_progress)
-    budget = Budget(cell.resolved["budget"])
+def _dependency_runner(tracking: Tracking, parent_run_id: str | None, device: torch.device, show_progress: bool):
+    def run_dependency(dependency: Cell) -> tuple[str, bool]:
+        finished = tracking.finished_run(dependency.hash)
+        if finished is not None:
+            return finished.info.run_id, True
+        outcome = run_cell(dependency, tracking, parent_run_id=parent_run_id, device=device,
+                           show_progress=show_progress, wait=True)
+        if outcome.status not in ("finished", "skipped") or outcome.run_id is None:
+            raise CellError(f"its dependency {dependency.name} failed: {outcome.error}")
+        return outcome.run_id, outcome.status == "skipped"
 
-    # search
-    seed_everything(cfg.seed)
-    method = cell.method_cls(**cfg.method_options)
-    start = time.perf_counter()
-    result = method.search(bench, budget, ctx)
-    search_seconds = time.perf_counter() - start
+    return run_dependency
+
+
+def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: torch.device,
+                        parent_run_id: str | None, show_progress: bool) -> dict[str, float]:
+    bench = load_bench(cell)
+    tags = {"bb.data_fingerprint": bench.fingerprint()}
+    if bench.groups is not None:
+        tags["bb.groups"] = json.dumps(bench.groups, sort_keys=True)
+    tracking.set_tags(run_id, tags)
+    progress = CellProgress(tracking.checkpoint_root / cell.hash)
+    before = float(progress.load().get("search_seconds", 0.0))
+    search_start = time.perf_counter()
+    searching = True
+
+    def record_search_time() -> None:
+        if searching:
+            progress.save(search_seconds=before + time.perf_counter() - search_start)
+
+    ctx = CellContext(cell, bench, tracking, run_id, device,
+                      _dependency_runner(tracking, parent_run_id, device, show_progress),
+                      show_progress, on_checkpoint=record_search_time)
+
+    # search (a resumed search continues from its checkpoints; its time adds to the earlier part's)
+    seed_everything(cell.seed)
+    method = cell.make_method()
+    result = method.search(bench, cell.budget, ctx)
+    search_seconds = before + time.perf_counter() - search_start
+    searching = False
+    progress.save(search_seconds=search_seconds)
     plan = result.plan
     if not isinstance(plan, Plan):
-        raise PlanError(f"method {cfg.method!r} returned {type(plan).__name__}, not a Plan")
+        raise PlanError(f"method {cell.method!r} returned {type(plan).__name__}, not a Plan")
     plan.check_fits(bench.task_names, len(bench.backbone.blocks))
-    if method.budget_aware:
-        budget.check(plan, bench.backbone, cfg.method)
+    if cell.budget_aware:
+        cell.budget.check(plan, bench.backbone, cell.method)
     tracking.log_object(run_id, "plan.json", plan.to_dict())
     tracking.log_object(run_id, "plan.png", plan.draw(title=cell.name, groups=bench.groups))
     for name, obj in result.artifacts.items():
         tracking.log_object(run_id, f"search/{name}", obj)
 
     # retrain from scratch (or fine-tune, when asked), select on val
-    init_state = result.init_state if cfg.finetune else None
-    if cfg.finetune and init_state is None:
-        raise CellError(f"fine-tuning was asked for, but method {cfg.method!r} returns no search weights")
-    retrained = retrain(bench, plan, ctx.trainer("train"), cfg.seed, init_state)
+    init_state = result.init_state if cell.finetune else None
+    if cell.finetune and init_state is None:
+        raise CellError(f"fine-tuning was asked for, but method {cell.method!r} returns no search weights")
+    retrained = retrain(bench, plan, ctx.trainer("train"), cell.seed, init_state)
     metrics = dict(retrained.metrics)
 
     # costs
@@ -425,10 +255,10 @@ def _search_and_retrain(cell, tracking, run_id, device, parent_run_id, bench, sh
     metrics["latency_batch_size"] = n_big
 
     # Δm against the independent networks of the same data and seed
-    if cfg.method == "independent":
+    if cell.method_kind == DELTA_M_REFERENCE:
         metrics["delta_m"] = 0.0
     else:
-        reference = ctx.reference("independent")
+        reference = ctx.reference(DELTA_M_REFERENCE)
         test = {k[len("test.") :]: v for k, v in metrics.items() if k.startswith("test.")}
         metrics["delta_m"] = delta_m(bench.tasks, test, reference.metrics)
         metrics["reused_seconds" if reference.reused else "reference_seconds"] = reference.seconds
@@ -441,19 +271,56 @@ def _search_and_retrain(cell, tracking, run_id, device, parent_run_id, bench, sh
     return metrics
 
 
+def flat_params(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as MLflow params (``dataset.<opt>``, ``method.<opt>``, ``protocol.<key>``)."""
+    out: dict[str, Any] = {"budget": resolved["budget"], "seed": resolved["seed"], "finetune": resolved["finetune"]}
+    out["dataset"] = resolved["dataset"]["name"]
+    out["method"] = resolved["method"]["name"]
+    for section in ("dataset", "method"):
+        for key, value in resolved[section]["options"].items():
+            out[f"{section}.{key}"] = value
+    for key, value in resolved["protocol"].items():
+        out[f"protocol.{key}"] = value
+    return out
+
+
 # -------------------------------------------------------------- evaluation
 def evaluate_run(tracking: Tracking, run_id: str, split: str = "test", device: str | None = None) -> dict[str, float]:
-    """Rebuild a finished run's network from its logged config, plan and weights and score it."""
+    """Rebuild a finished cell run's network from its logged config, plan and weights and score it.
+
+    Refuses (:class:`CellError`) a run that does not exist, did not finish, is
+    not a cell run, or whose logged plan is invalid.
+    """
     from branchbench.core.net import BranchedNet
     from branchbench.core.retrain import evaluate_net
     from branchbench.core.trainer import Trainer
+    from branchbench.plugins import create_dataset
 
-    resolved = tracking.load_json(run_id, "config.json")
-    plan = Plan.from_dict(tracking.load_json(run_id, "plan.json"))
-    dataset = create_dataset(resolved["dataset"]["name"], **resolved["dataset"]["options"])
+    try:
+        run = tracking.get_run(run_id)
+    except Exception:
+        raise CellError(f"no run {run_id!r} in {tracking.uri}; give the id of a finished cell run "
+                        "(the MLflow UI or `branchbench report` lists them)") from None
+    if run.data.tags.get("bb.kind") != "cell":
+        raise CellError(f"run {run_id} is not a branchbench cell run; give the id of a finished cell run")
+    if run.info.status != "FINISHED":
+        why = run.data.tags.get("bb.failure", "")
+        raise CellError(f"run {run_id} is {run.info.status}{': ' + why if why else ''}; only a FINISHED cell "
+                        "run has weights to evaluate")
+    try:
+        resolved = tracking.load_json(run_id, "config.json")
+        plan_data = tracking.load_json(run_id, "plan.json")
+    except Exception as err:
+        raise CellError(f"run {run_id} lacks its config.json or plan.json ({err}); it cannot be rebuilt") from None
+    try:
+        plan = Plan.from_dict(plan_data)
+    except (PlanError, ValueError, TypeError, KeyError) as err:
+        raise CellError(f"run {run_id}: its plan.json is invalid ({err})") from None
+    dataset = create_dataset(resolved["dataset"].get("kind", resolved["dataset"]["name"]),
+                             **resolved["dataset"]["options"])
     bench = dataset.load()
     protocol = bench.protocol.replace(**resolved["protocol"])
     net = BranchedNet(plan, bench.backbone, bench.tasks)
     net.load_state_dict(tracking.load_state_dict(run_id))
-    trainer = Trainer(protocol, device=device or _default_device(), seed=resolved["seed"])
+    trainer = Trainer(protocol, device=device or default_device(), seed=resolved["seed"])
     return evaluate_net(trainer, net, bench, splits=(split,))

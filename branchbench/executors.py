@@ -1,10 +1,13 @@
 """Where a sweep's cells run: in this process, in worker processes, or on Ray.
 
-Every executor has one call, ``map_unordered(fn, items)``, yielding
-``fn(item)`` as each finishes. ``fn`` must be a module-level function and the
-items plain data, so they pickle to a worker. A cell's thread count comes from
-its protocol (set by the cell function), never from the executor, so results do
-not depend on how many cells run at once.
+An executor has ``slots`` (how many cells run at once), ``submit(fn, item)``
+returning a future, ``wait(futures)`` returning those that are done (at least
+one), and ``close()``. The runner submits a cell once every cell it depends on
+has finished, so the same dependency order holds on every executor. ``fn`` must
+be a module-level function and the items plain data, so they pickle to a
+worker. A cell's thread count comes from its protocol (set by the cell
+function), never from the executor, so results do not depend on how many cells
+run at once.
 
 Ray is an optional extra (``pip install 'branchbench[ray]'``), imported only
 when asked for.
@@ -12,28 +15,48 @@ when asked for.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import os
+import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
+
+from branchbench import interrupts
 
 EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
-    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]: ...
+    slots: int
 
-    def close(self) -> None: ...
+    def submit(self, fn: Callable[[Any], Any], item: Any) -> Any: ...
+
+    def wait(self, futures: Iterable[Any]) -> list[Any]: ...
+
+    def result(self, future: Any) -> Any: ...
+
+    def close(self, interrupted: bool = False) -> None: ...
 
 
 class SequentialExecutor:
-    """One cell after another in this process (``--workers 1``)."""
+    """One cell after another in this process (``--workers 1``): ``submit`` runs the cell."""
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        for item in items:
-            yield fn(item)
+    slots = 1
 
-    def close(self) -> None:
+    def submit(self, fn: Callable[[Any], Any], item: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(item))
+        return future
+
+    def wait(self, futures: Iterable[Future]) -> list[Future]:
+        return [f for f in futures if f.done()]
+
+    def result(self, future: Future) -> Any:
+        return future.result()
+
+    def close(self, interrupted: bool = False) -> None:
         pass
 
 
@@ -42,33 +65,37 @@ class ProcessExecutor:
 
     Spawned, not forked: no torch threads or SQLite connections are inherited
     (a worker takes a few seconds to import torch and MLflow, hence the reuse).
+    Workers turn SIGTERM into an interrupt like the main process; when the
+    sweep is stopped, the workers are sent SIGTERM so each marks its run KILLED.
     """
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
+        self.slots = workers
         self.pool: ProcessPoolExecutor | None = None
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        items = list(items)
-        if not items:
-            return
+    def submit(self, fn: Callable[[Any], Any], item: Any) -> Future:
         if self.pool is None:
             context = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-        pending = {self.pool.submit(fn, item) for item in items}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        except BaseException:
-            self.close()
-            raise
+            self.pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=context,
+                                            initializer=interrupts.sigterm_as_interrupt)
+        return self.pool.submit(fn, item)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+    def wait(self, futures: Iterable[Future]) -> list[Future]:
+        done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, future: Future) -> Any:
+        return future.result()
+
+    def close(self, interrupted: bool = False) -> None:
+        if self.pool is None:
+            return
+        if interrupted:
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    os.kill(process.pid, signal.SIGTERM)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = None
 
 
 class RayExecutor:
@@ -83,17 +110,24 @@ class RayExecutor:
                 "install it with `pip install 'branchbench[ray]'` or use --executor local"
             ) from None
         self.ray = ray
+        self.slots = workers
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else workers)
+        self._remote: dict[Callable, Any] = {}
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        remote = self.ray.remote(num_cpus=1)(fn)
-        pending = [remote.remote(item) for item in items]
-        while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            yield self.ray.get(done[0])
+    def submit(self, fn: Callable[[Any], Any], item: Any) -> Any:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+        return self._remote[fn].remote(item)
 
-    def close(self) -> None:
+    def wait(self, futures: Iterable[Any]) -> list[Any]:
+        done, _ = self.ray.wait(list(futures), num_returns=1)
+        return list(done)
+
+    def result(self, future: Any) -> Any:
+        return self.ray.get(future)
+
+    def close(self, interrupted: bool = False) -> None:
         pass  # a cluster outlives the sweep; a local Ray ends with this process
 
 

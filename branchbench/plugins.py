@@ -44,6 +44,7 @@ BUILTIN_METHODS = {
     "independent": "branchbench.baselines.independent:Independent",
     "random_tree": "branchbench.baselines.random_tree:RandomTree",
     "oracle_tree": "branchbench.baselines.oracle_tree:OracleTree",
+    "fixed_plan": "branchbench.baselines.fixed_plan:FixedPlan",
     "adashare": "branchbench.baselines.adashare:AdaShare",
     "learn_to_branch": "branchbench.methods.learn_to_branch:LearnToBranch",
     "branched_affinity": "branchbench.methods.branched_affinity:BranchedAffinity",

@@ -63,7 +63,7 @@ from branchbench.core.retrain import seed_everything
 from branchbench.core.tasks import multitask_loss
 from branchbench.datasets.base import Dataset
 
-KNOWN_TAGS = frozenset({"search", "skips", "needs_groups", "needs_reference", "stochastic"})
+KNOWN_TAGS = frozenset({"search", "skips", "needs_groups", "needs_reference", "stochastic", "given_plan"})
 KIT_DATA = dict(tasks=4, groups=2, input_dim=8, n_train=64, n_val=32, n_test=32, width=8, depth=3, n_sines=2)
 KIT_PROTOCOL = dict(epochs=2, batch_size=32, early_stopping=0, lr_schedule="constant", threads=1, amp="off")
 CAPPED_BUDGETS = (1.0, 1.5)
@@ -413,6 +413,8 @@ def skip_reason(check: Callable[[MethodLike], None], method: MethodLike) -> str 
         return "not budget-aware (budget_aware = False): it ignores budgets"
     if check is check_seed_dependence_declared and "stochastic" in cls.tags:
         return "tagged 'stochastic': different seeds may give different plans"
+    if check is check_handles_single_task and "given_plan" in cls.tags:
+        return "tagged 'given_plan': its plan is given for one dataset's tasks"
     return None
 
 

@@ -9,7 +9,9 @@ start a reference run while its own is open, and worker processes do not share
 hidden state.
 
 Tags written by branchbench are prefixed ``bb.``; the cell's config hash
-(``bb.config_hash``) identifies a cell for resume and reuse.
+(``bb.config_hash``) identifies a cell for resume and reuse. MLflow is
+imported when a :class:`Tracking` is made, not when this module is, so the CLI
+answers ``--help`` without it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-import pandas as pd
-import torch
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from branchbench.locks import locked
 
 # MLflow's artifact progress bars would interleave with ours on every reference load
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -33,7 +33,17 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEFAULT_EXPERIMENT = "branchbench"
 DB_NAME = "mlruns.db"
 ARTIFACT_DIR = "mlartifacts"
+CHECKPOINT_DIR = "bb-checkpoints"
 MAX_PARAM_CHARS = 6000
+MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+SERVER_SCHEMES = ("http", "https", "databricks")
+# the experiment tag that makes MLflow's UI open on training runs, not GenAI traces
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+class TrackingError(ValueError):
+    """A tracking URI or store that cannot be used; the message names it and the fix."""
 
 
 def default_uri(directory: str | Path | None = None) -> str:
@@ -45,34 +55,91 @@ def default_uri(directory: str | Path | None = None) -> str:
     return f"sqlite:///{root / DB_NAME}"
 
 
-def local_root(uri: str) -> Path:
-    """A local folder beside the store for artifacts and checkpoints."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).resolve().parent
-    if uri.startswith("file:"):
-        return Path(uri[len("file:") :].lstrip("/")).resolve().parent
-    return Path(os.getcwd()).resolve()
+        return Path(uri[len("sqlite:///") :]).resolve()
+    return None
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a URI MLflow cannot use as a store, before anything is created."""
+    scheme = urlparse(uri).scheme.split("+")[0].lower()
+    if scheme in DATABASE_SCHEMES + SERVER_SCHEMES:
+        if scheme == "sqlite" and sqlite_path(uri) is None:
+            raise TrackingError(f"tracking URI {uri!r}: a SQLite store is sqlite:///<absolute or relative file path>, "
+                                "e.g. sqlite:///mlruns.db")
+        return
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking URI {uri!r} is a plain folder (MLflow's file store, which MLflow 3 no longer "
+            f"develops); use a SQLite file instead, e.g. --tracking-uri sqlite:///{DB_NAME}"
+        )
+    raise TrackingError(
+        f"tracking URI {uri!r} has the unknown scheme {scheme!r}; use sqlite:///<file>, a database URI "
+        f"({', '.join(DATABASE_SCHEMES[1:])}) or a tracking server (http://host:port)"
+    )
+
+
+def local_root(uri: str) -> Path:
+    """A local folder beside the store for artifacts, checkpoints and locks."""
+    path = sqlite_path(uri)
+    return path.parent if path is not None else Path(os.getcwd()).resolve()
+
+
+def _prepare_folder(uri: str, root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(
+            f"tracking URI {uri!r}: cannot create the store's folder {root} ({err.strerror or err}); "
+            "give --tracking-uri a location you can write"
+        ) from None
+    if not os.access(root, os.W_OK):
+        raise TrackingError(f"tracking URI {uri!r}: the folder {root} is not writable; give --tracking-uri "
+                            "a location you can write")
 
 
 class Tracking:
-    """A handle on one MLflow store and experiment."""
+    """A handle on one MLflow store and experiment.
+
+    Creating a SQLite store (MLflow's schema migration) is serialised by a lock
+    beside the file, so two processes started at once on a store that does not
+    exist yet both succeed.
+    """
 
     def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        from mlflow.tracking import MlflowClient
+
         self.uri = uri or default_uri()
+        check_uri(self.uri)
         self.root = local_root(self.uri)
+        _prepare_folder(self.uri, self.root)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment)
+        db = sqlite_path(self.uri)
+        try:
+            if db is not None:
+                with locked(db.with_name(db.name + ".create.lock")):
+                    self.experiment_id = self._experiment(experiment)
+            else:
+                self.experiment_id = self._experiment(experiment)
+        except TrackingError:
+            raise
+        except Exception as err:  # the database or server refused: one line, not a traceback
+            raise TrackingError(f"tracking URI {self.uri!r} cannot be used: {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}") from err
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise TrackingError(f"experiment {name!r} is deleted in {self.uri}; restore it in the MLflow UI "
+                                    "or choose another with --experiment")
             return found.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:"):
-            location = (self.root / ARTIFACT_DIR).as_uri()
+        location = (self.root / ARTIFACT_DIR).as_uri() if sqlite_path(self.uri) else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except Exception:  # another process created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -81,15 +148,27 @@ class Tracking:
 
     @property
     def checkpoint_root(self) -> Path:
-        return self.root / "bb-checkpoints"
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def label(self) -> str:
+        """The store as a report may name it: no absolute path of this machine."""
+        db = sqlite_path(self.uri)
+        return db.name if db is not None else self.uri
 
     # ------------------------------------------------------------------ runs
     def start_run(self, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> str:
-        all_tags = {k: str(v) for k, v in tags.items()}
+        all_tags = {k: _tag_value(v) for k, v in tags.items()}
         if parent_id is not None:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
+
+    def reopen_run(self, run_id: str) -> None:
+        """Set an interrupted run back to RUNNING so its record continues where it stopped."""
+        self.client.update_run(run_id, status="RUNNING")
+        if "bb.failure" in self.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, "bb.failure")
 
     def end_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason is not None:
@@ -97,14 +176,24 @@ class Tracking:
         self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
+
+    def set_experiment_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_experiment_tag(self.experiment_id, key, _tag_value(value))
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         for start in range(0, len(items), 1000):
@@ -113,6 +202,7 @@ class Tracking:
     # ------------------------------------------------------------- artifacts
     def log_object(self, run_id: str, name: str, obj: Any) -> None:
         """Log a figure (.png), a DataFrame (.csv), text, or JSON-able data under ``name``."""
+        import pandas as pd
         from matplotlib.figure import Figure
 
         if isinstance(obj, Figure):
@@ -130,14 +220,18 @@ class Tracking:
     def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
 
-    def log_state_dict(self, run_id: str, state: Mapping[str, torch.Tensor], name: str = "model/weights.pt") -> None:
+    def log_state_dict(self, run_id: str, state: Mapping[str, Any], name: str = "model/weights.pt") -> None:
+        import torch
+
         folder, _, filename = name.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / filename
             torch.save({k: v.detach().cpu() for k, v in state.items()}, path)
             self.client.log_artifact(run_id, str(path), folder or None)
 
-    def load_state_dict(self, run_id: str, name: str = "model/weights.pt") -> dict[str, torch.Tensor]:
+    def load_state_dict(self, run_id: str, name: str = "model/weights.pt") -> dict[str, Any]:
+        import torch
+
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, name, tmp)
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -150,8 +244,11 @@ class Tracking:
     def load_json(self, run_id: str, name: str) -> Any:
         return json.loads(self.load_text(run_id, name))
 
+    def artifact_names(self, run_id: str, path: str | None = None) -> list[str]:
+        return [item.path for item in self.client.list_artifacts(run_id, path)]
+
     # --------------------------------------------------------------- queries
-    def search(self, filter_string: str = "", max_results: int = 50_000) -> pd.DataFrame:
+    def search(self, filter_string: str = "", max_results: int = 50_000):
         """Runs of this experiment as a pandas frame (``mlflow.search_runs`` columns)."""
         import mlflow
 
@@ -191,6 +288,10 @@ class Tracking:
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
+
+
+def _tag_value(value: Any) -> str:
+    return str(value)[:MAX_TAG_CHARS]
 
 
 def _param_value(value: Any) -> str:

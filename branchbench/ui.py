@@ -29,28 +29,39 @@ class UIError(RuntimeError):
     """The UI server could not start; the message names the cause and the fix."""
 
 
-def free_port() -> int:
+def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before starting a server there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise UIError(f"port {port} on {host} is not free ({err.strerror or err}); give another with "
+                          "--port, or --port 0 for any free one") from None
 
 
 class UIServer:
     """An ``mlflow ui`` process group on ``uri``; ``start()`` returns once it answers."""
 
-    def __init__(self, uri: str, port: int = 0, artifact_root: Path | None = None) -> None:
+    def __init__(self, uri: str, port: int = 0, artifact_root: Path | None = None, host: str = HOST) -> None:
         self.uri = uri
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.artifact_root = artifact_root
         self.process: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.uri,
-               "--host", HOST, "--port", str(self.port), "--workers", "1"]
+               "--host", self.host, "--port", str(self.port), "--workers", "1"]
         if self.artifact_root is not None:
             cmd += ["--default-artifact-root", self.artifact_root.as_uri()]
         return cmd
@@ -116,19 +127,24 @@ def group_alive(group: int) -> bool:
     return True
 
 
-def serve(uri: str | None, experiment: str, port: int = 5000) -> int:
-    """Start the UI, print the runs view of ``experiment``, wait for Ctrl-C, stop everything."""
+def serve(uri: str | None, experiment: str, port: int = 5000, host: str = HOST) -> int:
+    """Start the UI, print the runs view of ``experiment``, wait for Ctrl-C or SIGTERM, stop everything."""
+    if port:
+        check_port_free(host, port)
+    if host not in (HOST, "localhost"):
+        print(f"warning: the UI listens on {host}: anyone who can reach this machine can read and change "
+              "the runs; 127.0.0.1 keeps it to this machine", file=sys.stderr, flush=True)
     tracking = Tracking(uri, experiment)
-    server = UIServer(tracking.uri, port, tracking.root / ARTIFACT_DIR)
+    server = UIServer(tracking.uri, port, tracking.root / ARTIFACT_DIR, host=host)
     try:
         server.start()
         assert server.process is not None
         print(f"MLflow UI (process group {server.process.pid}) on {tracking.uri}", flush=True)
         print(f"{server.base_url}/#/experiments/{tracking.experiment_id}/runs", flush=True)
-        print("Ctrl-C stops it", flush=True)
+        print("Ctrl-C (or SIGTERM) stops it", flush=True)
         server.process.wait()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (branchbench.interrupts)
         return 0
     finally:
         server.stop()

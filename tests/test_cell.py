@@ -35,7 +35,7 @@ def test_cell_logs_everything_and_skips_when_finished(tracking):
         assert key in m, key
     assert m["grouping.recovered"] == 1.0  # the oracle's plan is the truth
     plan = Plan.from_dict(tracking.load_json(outcome.run_id, "plan.json"))
-    bench = resolve(_cell("oracle_tree")).dataset.load()
+    bench = resolve(_cell("oracle_tree")).make_dataset().load()
     assert m["params"] == plan.param_count(bench.backbone)
     tags = run.data.tags
     assert tags["bb.config_hash"] == outcome.config_hash and tags["bb.method"] == "oracle_tree"

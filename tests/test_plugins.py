@@ -152,7 +152,7 @@ def test_cli_lists_plugins_and_survives_a_broken_one(site, capsys):
         warnings.simplefilter("always")
         assert cli_main(["methods", "--verbose"]) == 0
     out = capsys.readouterr().out
-    assert "good" in out and "depth = 1" in out and "shared_bottom" in out and "broken" not in out
+    assert "good" in out and "depth (int, default 1)" in out and "shared_bottom" in out and "broken" not in out
     assert any("RuntimeError: boom" in str(w.message) for w in caught)
     assert cli_main(["run", "--dataset", "synthetic", "--method", "broken"]) == 2
     assert "failed to load" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def test_failing_cell_is_recorded_and_not_retried_unless_asked(template_db, tmp_
     result = run_sweep(cfg, tracking)
     assert result.exit_status == 1
     [failed] = result.failed
-    assert failed.cell.config.method == "broken_plan" and failed.failure_kind == "plan"
+    assert failed.cell.method == "broken_plan" and failed.failure_kind == "plan"
     runs = {r.data.tags["bb.method"]: r for r in cell_runs(tracking)}
     assert runs["shared_bottom"].info.status == "FINISHED"
     assert runs["broken_plan"].info.status == "FAILED"
@@ -173,16 +173,18 @@ def test_bad_config_key_fails_before_any_run(tmp_path, capsys):
     assert not (store / DB_NAME).exists()
 
 
-def test_plan_lists_references_first_and_non_budget_aware_methods_once(tmp_path):
+def test_plan_puts_dependencies_first_and_non_budget_aware_methods_once(tmp_path):
     cfg = load_config(write_config(tmp_path / "s.toml", ["shared_bottom", "random_tree"], seeds=(0, 1),
                                    budgets=(1.5, 2.0, 3.0)))
     cells = plan_sweep(cfg)
-    roles = [c.role for c in cells]
-    assert roles == ["reference"] * 2 + ["cell"] * (len(cells) - 2)
-    assert [c.config.method for c in cells[:2]] == ["independent", "independent"]
-    assert sum(c.config.method == "shared_bottom" for c in cells) == 2
-    assert sum(c.config.method == "random_tree" for c in cells) == 6
+    position = {c.hash: i for i, c in enumerate(cells)}
+    for cell in cells:  # every cell after the cells it depends on
+        assert all(position[dep.hash] < position[cell.hash] for _, dep in cell.needs)
+    assert sum(c.method == "independent" for c in cells) == 2  # the Δm references, once per seed
+    assert sum(c.method == "shared_bottom" for c in cells) == 2
+    assert sum(c.method == "random_tree" for c in cells) == 6
     assert len({c.hash for c in cells}) == len(cells)
+    assert all(c.dependency("independent").seed == c.seed for c in cells if c.method != "independent")
 
 
 # --------------------------------------------------------------- subprocesses
@@ -205,13 +207,20 @@ def test_sigkill_mid_cell_then_rerun_finishes_each_cell_once(template_db, tmp_pa
     assert result.exit_status == 0
     counts = finished_per_cell(tracking)
     assert len(counts) == 2 and set(counts.values()) == {1}
+    # the interrupted run was reopened and finished: one record per cell, none left KILLED
     statuses = sorted(r.info.status for r in cell_runs(tracking))
-    assert statuses == ["FINISHED", "FINISHED", "KILLED"]
+    assert statuses == ["FINISHED", "FINISHED"]
     assert len(tracking.runs("tags.`bb.kind` = 'sweep'")) == 1  # the re-run resumed the same parent
-    # the interrupted cell continued from its checkpoint instead of starting over
     resumed = tracking.finished_run(killed.data.tags["bb.config_hash"])
-    steps = [m.step for m in tracking.client.get_metric_history(resumed.info.run_id, "train/train_loss")]
-    assert steps and min(steps) >= 1 and max(steps) == 59
+    assert resumed.info.run_id == killed.info.run_id
+    assert resumed.data.tags["bb.resumes"] == "1" and "train epoch" in resumed.data.tags["bb.resumed_from"]
+    # it continued from its checkpoint, and its record holds every epoch's curve
+    history = tracking.client.get_metric_history(resumed.info.run_id, "train/train_loss")
+    assert {m.step for m in history} == set(range(60))
+    resumed_at = int(resumed.data.tags["bb.resumed_from"].rsplit(" ", 1)[-1])
+    assert resumed_at >= 1
+    # epochs before the checkpoint were not trained again: each logged once
+    assert all(sum(m.step == step for m in history) == 1 for step in range(resumed_at))
 
 
 def test_two_sweeps_racing_on_one_store_finish_each_cell_once(template_db, tmp_path):

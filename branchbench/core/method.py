@@ -14,6 +14,7 @@ It never retrains its plan either: the cell function does that for all.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -23,12 +24,16 @@ import torch
 from branchbench.core.options import Configurable, Option, OptionError, resolve_options
 from branchbench.core.plan import Plan
 
-__all__ = ["Method", "Option", "OptionError", "Reference", "RunContext", "SearchResult", "resolve_options"]
+__all__ = ["Method", "Option", "OptionError", "Reference", "Requirement", "RunContext", "SearchResult",
+           "resolve_options"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from branchbench.core.benchmark import Benchmark, TrainingProtocol
     from branchbench.core.budget import Budget
     from branchbench.core.trainer import Trainer
+
+
+DIFFERENCES_MARKER = "differences from the paper"
 
 
 @dataclass
@@ -46,6 +51,22 @@ class SearchResult:
     cost: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     init_state: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Another cell that a method's cell needs finished first (same data, training seed, protocol).
+
+    ``method`` is the registered name of the other cell's method and
+    ``options`` its options; ``same_budget`` gives it this cell's budget (else
+    none). The runner orders cells by these requirements, and the method reads
+    the finished run through ``ctx.reference(role)``, where ``role`` is the
+    key under which :meth:`Method.requires` returns it.
+    """
+
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+    same_budget: bool = False
 
 
 @dataclass
@@ -88,7 +109,8 @@ class Method(Configurable):
     conformance kit which checks apply: ``"search"`` (trains a supernet),
     ``"skips"`` (may return skips), ``"needs_groups"`` (needs data with known
     groups), ``"needs_reference"`` (asks for the single-task networks),
-    ``"stochastic"`` (plan depends on seed).
+    ``"stochastic"`` (plan depends on seed), ``"given_plan"`` (the plan is given by the user
+    for one dataset).
     """
 
     budget_aware: ClassVar[bool] = False
@@ -98,8 +120,30 @@ class Method(Configurable):
     def search(self, bench: Benchmark, budget: Budget, ctx: RunContext) -> SearchResult:
         raise NotImplementedError
 
-    def check_protocol(self, protocol: TrainingProtocol) -> None:
-        """Refuse, while the cell is resolved, options that cannot work with ``protocol``.
+    @classmethod
+    def differences_from_paper(cls) -> str | None:
+        """The "Differences from the paper" paragraph of the method's module docstring, on one line.
+
+        Logged with every cell (``bb.method_differences``), so reports quote it
+        without importing the method.
+        """
+        doc = sys.modules[cls.__module__].__doc__ or ""
+        for paragraph in doc.split("\n\n"):
+            if DIFFERENCES_MARKER in paragraph.lower():
+                return " ".join(paragraph.split())
+        return None
+
+    def requires(self) -> dict[str, Requirement]:
+        """Other cells this method reads through ``ctx.reference(role)``, by role.
+
+        Tagged ``needs_reference``: the single-task networks, role
+        ``"independent"``. The cell function itself always needs that same
+        reference for Δm, so declaring it costs nothing extra.
+        """
+        return {"independent": Requirement("independent")} if "needs_reference" in self.tags else {}
+
+    def check_cell(self, protocol: TrainingProtocol, task_names: list[str]) -> None:
+        """Refuse, while the cell is resolved, options that cannot work with this protocol or data.
 
         Raise :class:`OptionError` naming the options and the fix (e.g. a
         warm-up at least as long as the search).

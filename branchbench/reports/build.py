@@ -11,6 +11,7 @@ figures; the same files are logged to the parent run under
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,13 @@ class Header:
     parent_run_id: str | None
     sweep_hash: str | None
     commits: list[str]
-    tracking_uri: str = ""
+    store: str = ""  # the store's file name or server URI: never a path of the machine that made it
 
     def lines(self) -> list[str]:
         return [
             f"- commit: {', '.join(self.commits) or 'unknown'}",
             f"- sweep config hash: {self.sweep_hash or 'unknown'}",
-            f"- MLflow parent run: {self.parent_run_id or 'none'}" + (f" ({self.tracking_uri})" if self.tracking_uri else ""),
+            f"- MLflow parent run: {self.parent_run_id or 'none'}" + (f" (store {self.store})" if self.store else ""),
         ]
 
 
@@ -61,10 +62,15 @@ def dataset_report(
     dataset: str,
     header: Header,
     plans: Mapping[str, Mapping[str, Any]] | None = None,
-    groups: Mapping[str, int] | None = None,
     with_figures: bool = True,
 ) -> DatasetReport:
-    """Tables, figures and Markdown of one dataset's runs (pure: no store access)."""
+    """Tables, figures and Markdown of one dataset's runs (pure: no store access).
+
+    Everything comes from the runs frame and the plans: each cell's known task
+    groups (tag ``bb.groups``, which change with the data seed) and each
+    method's stated differences from its paper (``bb.method_differences``) were
+    logged when the cell ran, so no method or dataset is imported here.
+    """
     runs = runs[runs["dataset"] == dataset].reset_index(drop=True)
     plans = plans or {}
     report = DatasetReport(dataset, "")
@@ -82,10 +88,10 @@ def dataset_report(
         if not gains.empty and gains.notna().any().any():
             report.figures["task_gains"] = figures.gains_heatmap(gains, f"{dataset}: per-task gain over independent")
         firsts = runs.sort_values("seed").drop_duplicates(["method", "budget"])
-        shown = {f"{r.method} @ {r.budget} (seed {r.seed})": plans[r.run_id]
+        shown = {f"{r.method} @ {r.budget} (seed {r.seed})": (plans[r.run_id], run_groups(runs, r.run_id))
                  for r in firsts.itertuples() if r.run_id in plans}
         if shown:
-            report.figures["trees"] = figures.trees_figure(shown, groups, f"{dataset}: learned trees")
+            report.figures["trees"] = figures.trees_figure(shown, f"{dataset}: learned trees")
     report.markdown = _markdown(runs, dataset, header, report)
     return report
 
@@ -108,11 +114,11 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
     for method, options in tables.hyperparameters(runs).items():
         text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"
         parts.append(f"- {method}: {text}")
-    deviations = method_deviations(sorted(runs["method"].unique()) if "method" in runs else [])
+    deviations = method_deviations(runs)
     if deviations:
         parts += ["", "## Differences from the papers", "",
-                  "Each method's own statement (the paragraph of its module docstring; see it for details).", ""]
-        parts += [f"- **{method}** (`{module}`): {text}" for method, (module, text) in deviations.items()]
+                  "Each method's own statement (the paragraph of its module docstring, logged with its runs).", ""]
+        parts += [f"- **{method}**: {text}" for method, text in deviations.items()]
     proto = tables.protocol(runs)
     if proto:
         parts += ["", "Training protocol: " + ", ".join(f"{k}={v}" for k, v in proto.items())]
@@ -121,31 +127,25 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
     return "\n".join(parts) + "\n"
 
 
-DEVIATION_MARKER = "differences from the paper"
+def method_deviations(runs: pd.DataFrame) -> dict[str, str]:
+    """Per method: its stated differences from its paper, as logged with its runs (none for baselines)."""
+    column = "tags.bb.method_differences"
+    if column not in runs or "method" not in runs:
+        return {}
+    out: dict[str, str] = {}
+    for method, text in zip(runs["method"], runs[column], strict=True):
+        if isinstance(text, str) and text and method not in out:
+            out[method] = text
+    return dict(sorted(out.items()))
 
 
-def method_deviations(methods: list[str]) -> dict[str, tuple[str, str]]:
-    """Per method: its module and the docstring paragraph on how it differs from its paper.
-
-    Methods that cannot be imported here, or that state no difference (the fixed
-    baselines), are left out.
-    """
-    import sys
-
-    from branchbench.plugins import RegistryError, get_method_class
-
-    out: dict[str, tuple[str, str]] = {}
-    for method in methods:
-        try:
-            cls = get_method_class(method)
-        except RegistryError:
-            continue
-        doc = sys.modules[cls.__module__].__doc__ or ""
-        for paragraph in doc.split("\n\n"):
-            if DEVIATION_MARKER in paragraph.lower():
-                out[method] = (cls.__module__, " ".join(paragraph.split()))
-                break
-    return out
+def run_groups(runs: pd.DataFrame, run_id: str) -> dict[str, int] | None:
+    """The known task groups a cell ran with (tag ``bb.groups``), or None."""
+    if "tags.bb.groups" not in runs:
+        return None
+    value = runs.loc[runs["run_id"] == run_id, "tags.bb.groups"]
+    text = value.iloc[0] if len(value) else None
+    return json.loads(text) if isinstance(text, str) and text else None
 
 
 def write_report(report: DatasetReport, folder: Path) -> list[Path]:
@@ -182,11 +182,11 @@ def build_reports(
     sweep_hash = None
     if parent_run_id is not None:
         sweep_hash = tracking.get_run(parent_run_id).data.tags.get("bb.sweep")
-    header = Header(parent_run_id, sweep_hash, commits(runs), tracking.uri)
+    header = Header(parent_run_id, sweep_hash, commits(runs), tracking.label)
     plans = {run_id: tracking.load_json(run_id, "plan.json") for run_id in runs["run_id"]}
     written: list[Path] = []
     for dataset in sorted(runs["dataset"].unique()):
-        report = dataset_report(runs, dataset, header, plans, _groups(cells, dataset))
+        report = dataset_report(runs, dataset, header, plans)
         folder = Path(reports_dir) / dataset
         files = write_report(report, folder)
         written += files
@@ -194,17 +194,3 @@ def build_reports(
             for path in files:
                 tracking.log_file(parent_run_id, path, f"reports/{dataset}")
     return written
-
-
-def _groups(cells: list[dict[str, Any]], dataset: str) -> dict[str, int] | None:
-    """The known task groups of a dataset (colours the trees), when it has them."""
-    from branchbench.plugins import create_dataset
-
-    try:
-        cls_has_groups = create_dataset(dataset).has_groups
-        if not cls_has_groups:
-            return None
-        options = next((c.get("dataset_options") for c in cells if c["dataset"] == dataset), None) or {}
-        return create_dataset(dataset, **options).load().groups
-    except Exception:  # colouring is cosmetic; a missing dataset must not block the report
-        return None

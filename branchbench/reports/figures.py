@@ -73,12 +73,12 @@ def gains_heatmap(gains: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def trees_figure(plans: Mapping[str, Mapping[str, Any]], groups: Mapping[str, int] | None, title: str) -> Figure:
-    """Each labelled plan's tree (``Plan.draw``), side by side in one figure."""
+def trees_figure(plans: Mapping[str, tuple[Mapping[str, Any], Mapping[str, int] | None]], title: str) -> Figure:
+    """Each labelled plan's tree (``Plan.draw``, tasks coloured by that cell's known groups), side by side."""
     from branchbench.core.plan import Plan
 
     images = []
-    for label, data in plans.items():
+    for label, (data, groups) in plans.items():
         drawn = Plan.from_dict(dict(data)).draw(title=label, groups=groups)
         buffer = io.BytesIO()
         drawn.savefig(buffer, format="png", dpi=80)
