@@ -138,6 +138,19 @@ def test_per_split_layout_without_val_draws_val_from_train_by_data_seed(tmp_path
     assert not torch.equal(other.splits["val"].x, bench.splits["val"].x)
 
 
+def test_scikit_learn_spelling_x_upper_case_is_read(tmp_path):
+    path = write_split_npz_fixture(tmp_path / "sk.npz", sizes={"train": 90, "test": 30})
+    with np.load(path) as f:
+        arrays = {k.replace("x_", "X_"): f[k] for k in f.files}
+    upper = tmp_path / "upper.npz"
+    np.savez(upper, **arrays, x_val_notes=np.array(["kept aside"]))
+    ds = NpzDataset(path=str(upper))
+    assert ds.task_names() == ["a", "b", "c"]
+    assert ds.load().fingerprint() == NpzDataset(path=str(path)).load().fingerprint()
+    float64 = write_split_npz_fixture(tmp_path / "f64.npz", extra={"x_val": np.zeros((20, 6))})
+    assert NpzDataset(path=str(float64)).load().splits["val"].x.dtype == torch.float32  # float dtypes may differ
+
+
 def test_per_split_layout_one_task_images_and_a_1d_target(tmp_path):
     path = write_split_npz_fixture(tmp_path / "one.npz", tasks=["digit"], kinds=["multiclass"],
                                    image_shape=(1, 6, 6), image_dtype="uint8", write_task_names=False)
@@ -317,7 +330,12 @@ MALFORMED = {
     "per-split columns": (lambda p: write_split_npz_fixture(p, extra={"y_test": np.zeros((20, 2))}),
                           "y_test has 2 columns but y_train has 3", "one column per task"),
     "per-split shapes": (lambda p: write_split_npz_fixture(p, extra={"x_test": np.zeros((20, 5), np.float32)}),
-                         r"x_test rows are float32 \(5,\) but x_train rows are float32 \(6,\)", "one shape per row"),
+                         r"x_test rows have shape \(5,\) but x_train rows \(6,\)", "the same shape per row"),
+    "per-split uint8 and float": (lambda p: write_split_npz_fixture(p, image_shape=(1, 4, 4), image_dtype="uint8",
+                                                                    extra={"x_val": np.zeros((20, 1, 4, 4))}),
+                                  "x_val is float64 but x_train is uint8", "every one as float"),
+    "both X and x": (lambda p: write_npz_fixture(p, extra={"X": np.zeros((N, 6))}), "has both 'X' and 'x'",
+                     "keep one of them"),
     "NaN targets": (lambda p: write_npz_fixture(p, extra={"y_b": np.r_[np.nan, np.ones(N - 1)]}),
                     r"task 'b' has 1 NaN or infinite target\(s\) \(first at row 0\)", "drop or fill those rows"),
     "inf inputs": (lambda p: write_npz_fixture(p, extra={"x": np.r_[np.ones((5, 3)), np.full((N - 5, 3), np.inf)]}),

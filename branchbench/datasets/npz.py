@@ -22,7 +22,8 @@ two layouts:
   rows are split at random by ``data_seed`` (``val_fraction``,
   ``test_fraction`` of all rows).
 
-*One pair of arrays per split* (as most data is published):
+*One pair of arrays per split* (as most data is published; scikit-learn's
+``X_train`` etc. is read as ``x_train``, and ``X`` as ``x`` above):
 
 * ``x_train, y_train, x_test, y_test`` (required) and ``x_val, y_val``
   (optional, both or neither): inputs as above, targets ``N x T`` (or ``N``
@@ -95,6 +96,7 @@ TASK_ARRAYS = ("task_names", "kinds", "groups")  # either layout
 POOLED_ARRAYS = ("x", "y", "split")  # one array of all rows (plus y_<task>)
 SPLIT_ARRAYS = tuple(f"{a}_{s}" for s in SPLITS for a in ("x", "y"))  # one pair per split
 NPZ_ARRAYS = POOLED_ARRAYS + SPLIT_ARRAYS + TASK_ARRAYS
+UPPER_X = {"X": "x", **{f"X_{s}": f"x_{s}" for s in SPLITS}}  # scikit-learn's spelling, accepted
 MAX_INFERRED_CLASSES = 20
 _TASK_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 _SAVEZ = "numpy.savez(path, x=..., y_<task>=...) or numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
@@ -183,7 +185,19 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     return loaded
 
 
+def _names(path: Path, loaded: np.lib.npyio.NpzFile) -> list[str]:
+    """The archive's array names, in file order, with scikit-learn's ``X`` / ``X_<split>`` read as ``x`` / ``x_<split>``."""
+    files = list(loaded.files)
+    clash = [n for n in files if n in UPPER_X and UPPER_X[n] in files]
+    if clash:
+        _fail(path, f"has both {clash[0]!r} and {UPPER_X[clash[0]]!r}",
+              f"keep one of them ({clash[0]} is read as {UPPER_X[clash[0]]})")
+    return [UPPER_X.get(n, n) for n in files]
+
+
 def _member(path: Path, loaded: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    if name not in loaded.files and name.upper()[:1] + name[1:] in UPPER_X:
+        name = name.upper()[:1] + name[1:]  # X or X_<split>
     try:
         array = loaded[name]
     except ValueError as err:
@@ -280,9 +294,12 @@ def _read_per_split(path: Path, loaded: np.lib.npyio.NpzFile, names: list[str]) 
         if x.ndim == 0 or len(x) != len(y):
             _fail(path, f"y_{s} has {len(y)} rows but x_{s} has {len(x) if x.ndim else 0}",
                   f"give one target row per row of x_{s}")
-        if xs and (x.shape[1:] != xs[0].shape[1:] or x.dtype != xs[0].dtype):
-            _fail(path, f"x_{s} rows are {x.dtype} {x.shape[1:]} but x_train rows are "
-                  f"{xs[0].dtype} {xs[0].shape[1:]}", "save every x_<split> with one shape per row and one dtype")
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            _fail(path, f"x_{s} rows have shape {x.shape[1:]} but x_train rows {xs[0].shape[1:]}",
+                  "save every x_<split> with the same shape per row")
+        if xs and (x.dtype == np.uint8) != (xs[0].dtype == np.uint8):
+            _fail(path, f"x_{s} is {x.dtype} but x_train is {xs[0].dtype} (uint8 images are scaled by 1/255, "
+                  "others are used as they are)", "save every x_<split> as uint8, or every one as float")
         if ys and y.shape[1] != ys[0].shape[1]:
             _fail(path, f"y_{s} has {y.shape[1]} columns but y_train has {ys[0].shape[1]}",
                   "give every y_<split> one column per task, in the same order")
@@ -331,7 +348,7 @@ def _is_per_split(names: Sequence[str]) -> bool:
 def read_npz(path: Path) -> RawData:
     """The arrays the loader uses, in either layout; unused arrays are listed, never read."""
     with _open_npz(path) as loaded:
-        names = list(loaded.files)
+        names = _names(path, loaded)
         return (_read_per_split if _is_per_split(names) else _read_pooled)(path, loaded, names)
 
 
@@ -720,7 +737,7 @@ class NpzDataset(Dataset):
             columns = [str(c) for c in _csv_frame(path, nrows=0).columns]
             return [c[2:] for c in _csv_columns(path, columns, self.params["features"])[1]]
         with _open_npz(path) as loaded:
-            names = list(loaded.files)
+            names = _names(path, loaded)
             per_task = [n[2:] for n in names if n.startswith("y_")]
             if _is_per_split(names):
                 matrix = "y_train" if "y_train" in names else None
