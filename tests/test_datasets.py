@@ -1,8 +1,6 @@
-"""Datasets: synthetic (grouped, seeded), digits (scikit-learn), npz/csv (bring your own)."""
+"""Datasets: synthetic (grouped, seeded), digits (scikit-learn); npz/csv in tests/test_npz.py."""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pytest
@@ -10,8 +8,7 @@ import torch
 
 from branchbench.core.method import OptionError
 from branchbench.datasets.digits import BINARY_TASKS, Digits
-from branchbench.datasets.fixtures import make_npz, write_csv_fixture, write_npz_fixture
-from branchbench.datasets.npz import DataFileError, NpzDataset
+from branchbench.datasets.fixtures import make_npz, write_csv_fixture
 from branchbench.datasets.synthetic import Synthetic
 from branchbench.plugins import create_dataset
 
@@ -152,6 +149,18 @@ def test_synthetic_rejects_bad_options_clearly(options, message):
         Synthetic(**options)
 
 
+def test_synthetic_norm_option_and_identity():
+    bare = Synthetic(norm="none", **SMALL)
+    assert bare.load().backbone.name.endswith("-nonorm")
+    assert bare.identity()["norm"] == "none"
+    default = Synthetic(**SMALL)
+    assert "norm" not in default.identity()  # at its default, cells made before the option keep their identity
+    assert default.identity() == {k: v for k, v in default.get_params().items() if k != "norm"}
+    assert default.load().fingerprint() == bare.load().fingerprint()  # the data does not change
+    with pytest.raises(OptionError, match="norm='batch' is not one of"):
+        Synthetic(norm="batch")
+
+
 def test_synthetic_large_load_is_fast():
     import time
 
@@ -201,171 +210,6 @@ def test_digits_split_is_seeded_and_stratified_and_multiclass_is_optional():
 def test_digits_rejects_unknown_tasks():
     with pytest.raises(OptionError, match=r"unknown task\(s\) \['odd'\].*choose from"):
         Digits(tasks="even,odd")
-
-
-# ------------------------------------------------------------------ npz / csv
-def test_npz_round_trip_per_task_arrays_with_split_and_groups(tmp_path):
-    path = write_npz_fixture(tmp_path / "d.npz", split=True, groups=[0, 0, 1])
-    ds = NpzDataset(path=str(path), standardize=False)
-    assert ds.has_groups
-    bench = ds.load()
-    assert bench.task_names == ["a", "b", "c"]
-    assert [t.kind for t in bench.tasks] == ["binary", "regression", "multiclass"]
-    assert bench.task("c").n_outputs == 3
-    assert bench.groups == {"a": 0, "b": 0, "c": 1}
-    with np.load(path) as f:
-        split = f["split"]
-        for s in ("train", "val", "test"):
-            np.testing.assert_array_equal(bench.splits[s].x.numpy(), f["x"][split == s])
-            np.testing.assert_array_equal(bench.splits[s].y["c"].numpy(), f["y_c"][split == s])
-    assert bench.splits["train"].y["c"].dtype == torch.int64
-    assert bench.splits["train"].y["a"].dtype == torch.float32
-    assert ds.protocol() == bench.protocol
-
-
-def test_npz_matrix_layout_and_inferred_kinds(tmp_path):
-    path = write_npz_fixture(tmp_path / "m.npz", layout="matrix", write_kinds=False, n=200)
-    ds = NpzDataset(path=path)  # a Path is accepted and stored as a str
-    assert isinstance(ds.get_params()["path"], str)
-    bench = ds.load()
-    assert bench.task_names == ["a", "b", "c"]
-    assert [t.kind for t in bench.tasks] == ["binary", "regression", "multiclass"]
-    assert bench.groups is None and not ds.has_groups
-    assert {s: len(bench.splits[s]) for s in ("train", "val", "test")} == {"train": 130, "val": 30, "test": 40}
-    x = bench.splits["train"].x
-    np.testing.assert_allclose(x.mean(0).numpy(), 0.0, atol=1e-5)  # standardised on train
-    other = NpzDataset(path=path, data_seed=1).load()
-    assert other.fingerprint() != bench.fingerprint()
-    assert NpzDataset(path=path).load().fingerprint() == bench.fingerprint()
-
-
-def test_npz_kinds_option_overrides_the_file(tmp_path):
-    path = write_npz_fixture(tmp_path / "k.npz", kinds=["binary", "regression", "multiclass"])
-    bench = NpzDataset(path=str(path), kinds="c=regression").load()
-    assert [t.kind for t in bench.tasks] == ["binary", "regression", "regression"]
-    all_binary = write_npz_fixture(tmp_path / "b.npz", kinds=["binary", "binary"], tasks=["p", "q"],
-                                   write_kinds=False)
-    assert [t.kind for t in NpzDataset(path=str(all_binary), kinds="binary").load().tasks] == ["binary"] * 2
-    grouped = NpzDataset(path=str(path), groups="a=1,b=1,c=2")
-    assert grouped.has_groups and grouped.load().groups == {"a": 1, "b": 1, "c": 2}
-
-
-def test_npz_images_uint8_cache_and_cnn_backbone(tmp_path):
-    path = write_npz_fixture(tmp_path / "img.npz", image_shape=(3, 8, 8), image_dtype="uint8")
-    bench = NpzDataset(path=str(path)).load()
-    assert bench.input_shape == (3, 8, 8) == bench.backbone.input_shape
-    assert bench.backbone.name.startswith("rescnn")
-    raw = bench.splits["train"].x
-    assert raw.dtype == torch.uint8
-    prepared = bench.prepare(raw)
-    assert prepared.is_floating_point() and float(prepared.max()) <= 1.0
-    gray = write_npz_fixture(tmp_path / "gray.npz", image_shape=(1, 6, 6), extra={"x": np.zeros((120, 6, 6))})
-    assert NpzDataset(path=str(gray)).load().input_shape == (1, 6, 6)
-
-
-def test_csv_round_trip(tmp_path):
-    path = write_csv_fixture(tmp_path / "d.csv", split=True, extra={"id": np.arange(120)})
-    bench = NpzDataset(path=str(path), standardize=False).load()
-    assert bench.task_names == ["a", "b", "c"]
-    assert [t.kind for t in bench.tasks] == ["binary", "regression", "multiclass"]  # inferred
-    assert bench.input_shape == (5,)  # the id column is ignored
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    test = frame[frame["split"] == "test"]
-    np.testing.assert_allclose(bench.splits["test"].x.numpy(), test[[f"x_{i}" for i in range(5)]].to_numpy(),
-                               rtol=1e-6)
-    np.testing.assert_allclose(bench.splits["test"].y["b"].numpy(), test["y_b"].to_numpy(), rtol=1e-6)
-    chosen = NpzDataset(path=str(path), features="x_0,x_3").load()
-    assert chosen.input_shape == (2,)
-
-
-def _bad_csv(tmp_path, text: str):
-    path = tmp_path / "bad.csv"
-    path.write_text(text)
-    return path
-
-
-N = 120
-MALFORMED = {
-    "missing x": (lambda p: write_npz_fixture(p, drop=["x"]), r"has no array 'x'.*Fix: save the inputs as x"),
-    "no targets": (lambda p: write_npz_fixture(p, drop=["y_a", "y_b", "y_c", "kinds"]), "has no targets"),
-    "mismatched lengths": (lambda p: write_npz_fixture(p, extra={"y_a": np.zeros(50)}),
-                           "task 'a' has 50 targets but x has 120 rows"),
-    "NaN targets": (lambda p: write_npz_fixture(p, extra={"y_b": np.r_[np.nan, np.ones(N - 1)]}),
-                    r"task 'b' has 1 NaN or infinite target\(s\) \(first at row 0\)"),
-    "NaN inputs": (lambda p: write_npz_fixture(p, extra={"x": np.full((N, 3), np.nan)}), "x has NaN"),
-    "unknown kind": (lambda p: write_npz_fixture(p, extra={"kinds": np.array(["binary", "ordinal", "binary"])}),
-                     r"task 'b' has unknown kind 'ordinal'.*use one of"),
-    "kinds length": (lambda p: write_npz_fixture(p, extra={"kinds": np.array(["binary", "binary"])}),
-                     "kinds has 2 entries for 3 tasks"),
-    "binary with a 2": (lambda p: write_npz_fixture(p, extra={"y_a": np.r_[2.0, np.zeros(N - 1)]}),
-                        r"task 'a' is binary \(from the file's kinds array\) but has values \[0.0, 2.0\]"),
-    "object array": (lambda p: write_npz_fixture(p, extra={"kinds": np.array(["binary", "x", 1], dtype=object)}),
-                     "object array.*dtype=str"),
-    "typo in an array name": (lambda p: write_npz_fixture(p, extra={"kind": np.array(["binary"] * 3)}),
-                              r"unknown array\(s\) \['kind'\]"),
-    "y and y_task": (lambda p: write_npz_fixture(p, extra={"y": np.zeros((N, 3))}), "both a 'y' array and y_<task>"),
-    "bad split value": (lambda p: write_npz_fixture(p, extra={"split": np.array(["train", "dev"] * (N // 2))}),
-                        r"split has unknown value\(s\) \['dev'\]"),
-    "empty split": (lambda p: write_npz_fixture(p, extra={"split": np.array(["train", "test"] * (N // 2))}),
-                    r"split gives no rows to \['val'\]"),
-    "groups length": (lambda p: write_npz_fixture(p, groups=[0, 1]), "groups has 2 entries for 3 tasks"),
-    "non-square images": (lambda p: write_npz_fixture(p, extra={"x": np.zeros((N, 1, 8, 6), np.float32)}),
-                          "not square"),
-    "string targets": (lambda p: write_npz_fixture(p, extra={"y_a": np.array(["cat"] * N)}), "not numbers"),
-    "not an archive": (lambda p: p.write_bytes(b"this is not a zip file") and p,
-                       "could not be read as a .npz archive"),
-    "csv without x_": (lambda p: write_csv_fixture(p.with_suffix(".csv"), drop=[f"x_{i}" for i in range(5)]),
-                       "has no feature columns"),
-    "csv without y_": (lambda p: write_csv_fixture(p.with_suffix(".csv"), drop=["y_a", "y_b", "y_c"]),
-                       "has no target columns"),
-    "csv NaN target": (lambda p: write_csv_fixture(p.with_suffix(".csv"), extra={"y_a": [np.nan] + [0.0] * (N - 1)}),
-                       r"task 'a' has 1 NaN"),
-    "csv text feature": (lambda p: write_csv_fixture(p.with_suffix(".csv"), extra={"x_0": ["a"] * N}),
-                         r"column\(s\) \['x_0'\] are not numeric"),
-    "csv ragged": (lambda p: _bad_csv(p.parent, "x_0,y_a\n1,0\n2,1,5,6\n"), "could not be read as a CSV table"),
-}
-
-
-@pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_files_fail_with_one_clear_error(case, tmp_path):
-    make, message = MALFORMED[case]
-    path = make(tmp_path / "bad.npz")
-    with pytest.raises(DataFileError, match=message) as err:
-        NpzDataset(path=str(path)).load()
-    text = str(err.value)
-    assert text.startswith(str(path)), text  # names the file
-    assert "Fix: " in text, text  # and the fix
-
-
-def test_npz_path_and_option_errors(tmp_path):
-    with pytest.raises(DataFileError, match="option path is required"):
-        NpzDataset().load()
-    with pytest.raises(DataFileError, match="option path is required"):
-        NpzDataset().protocol()  # a cell resolving the config fails early
-    with pytest.raises(DataFileError, match=re.escape(str(tmp_path / "nope.npz")) + ": no such file"):
-        NpzDataset(path=str(tmp_path / "nope.npz")).load()
-    other = tmp_path / "data.txt"
-    other.write_text("1,2,3")
-    with pytest.raises(DataFileError, match=r"suffix '.txt'; only .npz and .csv"):
-        NpzDataset(path=str(other)).load()
-    good = write_npz_fixture(tmp_path / "ok.npz")
-    with pytest.raises(DataFileError, match=r"kinds option names unknown task\(s\) \['z'\]"):
-        NpzDataset(path=str(good), kinds="z=binary").load()
-    with pytest.raises(DataFileError, match="unknown kind 'categorical'"):
-        NpzDataset(path=str(good), kinds="categorical").load()
-    with pytest.raises(DataFileError, match=r"groups option must name every task"):
-        NpzDataset(path=str(good), groups="a=0").load()
-    with pytest.raises(DataFileError, match="features option applies to .csv files only"):
-        NpzDataset(path=str(good), features="x_0").load()
-    with pytest.raises(DataFileError, match="too few for val_fraction"):
-        NpzDataset(path=str(write_npz_fixture(tmp_path / "tiny.npz", n=3))).load()
-    with pytest.raises(OptionError, match="channels="):
-        NpzDataset(path=str(good), channels="32,x")
-    csv = write_csv_fixture(tmp_path / "f.csv")
-    with pytest.raises(DataFileError, match=r"features option names column\(s\) \['x_9'\]"):
-        NpzDataset(path=str(csv), features="x_0,x_9").load()
 
 
 # ------------------------------------------------------------------ registry

@@ -30,16 +30,16 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def mlp() -> Backbone:
+def mlp(norm: str = "layernorm") -> Backbone:
     # widths change at blocks 0 and 3, so those shortcuts are projections with weights
-    return mlp_backbone(6, (8, 8, 8, 5))
+    return mlp_backbone(6, (8, 8, 8, 5), norm=norm)
 
 
 def cnn() -> Backbone:
     return rescnn_backbone(3, 8, channels=(4, 8, 8))
 
 
-BACKBONES = {"mlp": mlp, "rescnn": cnn}
+BACKBONES = {"mlp": mlp, "mlp_nonorm": lambda: mlp("none"), "rescnn": cnn}
 
 
 def shared(blocks):
@@ -221,9 +221,10 @@ def test_fuse_flag_overrides_rule():
     assert build("independent", backbone, fuse=None).fused_levels == [False] * 4
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "none"])
 @pytest.mark.parametrize("plan_name", ["tree", "nontree", "independent"])
-def test_fused_and_plain_agree(plan_name):
-    backbone = mlp()
+def test_fused_and_plain_agree(plan_name, norm):
+    backbone = mlp(norm)
     plain = build(plan_name, backbone, fuse=False, seed=0)
     fused = build(plan_name, backbone, fuse=True, seed=1)  # different init ...
     fused.load_state_dict(plain.state_dict())  # ... same layout, so the same weights load
@@ -240,8 +241,9 @@ def test_fused_and_plain_agree(plan_name):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_fused_features_agree_with_plain():
-    backbone = mlp()
+@pytest.mark.parametrize("norm", ["layernorm", "none"])
+def test_fused_features_agree_with_plain(norm):
+    backbone = mlp(norm)
     plain = build("nontree", backbone, fuse=False)
     fused = build("nontree", backbone, fuse=True)
     fused.load_state_dict(plain.state_dict())
@@ -250,6 +252,22 @@ def test_fused_features_agree_with_plain():
     for level in fp:
         for task in NAMES:
             torch.testing.assert_close(ff[level][task], fp[level][task], atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_norm_none_drops_layernorm_and_its_parameters_only():
+    layernorm, bare = mlp(), mlp("none")
+    assert layernorm.name == "mlp8-8-8-5" and bare.name == "mlp8-8-8-5-nonorm"
+    assert not any(isinstance(m, torch.nn.LayerNorm) for b in bare.blocks for m in b.make().modules())
+    assert bare.block_params == [6 * 8 + 8, 8 * 8 + 8, 8 * 8 + 8, 8 * 5 + 5]  # Linear only
+    assert [a - b for a, b in zip(layernorm.block_params, bare.block_params, strict=True)] == [16, 16, 16, 10]
+    assert bare.block_flops == [2 * 6 * 8, 2 * 8 * 8, 2 * 8 * 8, 2 * 8 * 5]  # one matmul per sample
+    assert bare.shortcut_params == layernorm.shortcut_params and bare.shortcut_flops == layernorm.shortcut_flops
+    plan = tree(bare.block_names)
+    net = BranchedNet(plan, bare, TASKS)
+    assert net.param_count() == plan.param_count(bare, heads=TASKS) == sum(p.numel() for p in net.parameters())
+    assert 0 < plan.flops(bare) < plan.flops(bare, heads=TASKS)
+    with pytest.raises(ValueError, match=r"norm='batch' is not one of \['layernorm', 'none'\]"):
+        mlp_backbone(6, (8,), norm="batch")
 
 
 # -------------------------------------------------------------------- skips

@@ -129,13 +129,18 @@ class Backbone:
 
 
 # ----------------------------------------------------------------------- MLP
-class MLPBlock(nn.Module):
-    """Linear -> LayerNorm -> ReLU; no buffers, so siblings can be fused."""
+MLP_NORMS = ("layernorm", "none")
 
-    def __init__(self, d_in: int, d_out: int, norm: bool = True) -> None:
+
+class MLPBlock(nn.Module):
+    """Linear -> norm -> ReLU, the norm LayerNorm or none; no buffers, so siblings can be fused."""
+
+    def __init__(self, d_in: int, d_out: int, norm: str = "layernorm") -> None:
         super().__init__()
+        if norm not in MLP_NORMS:
+            raise ValueError(f"MLP norm={norm!r} is not one of {list(MLP_NORMS)}")
         self.linear = nn.Linear(d_in, d_out)
-        self.norm = nn.LayerNorm(d_out) if norm else nn.Identity()
+        self.norm = nn.LayerNorm(d_out) if norm == "layernorm" else nn.Identity()
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,8 +151,17 @@ def _vector_head(d: int) -> Callable[[TaskSpec], nn.Module]:
     return lambda task: nn.Linear(d, task.n_outputs)
 
 
-def mlp_backbone(input_dim: int, widths: Sequence[int] = (64, 64, 64, 64), norm: bool = True) -> Backbone:
-    """Fully connected blocks for vector inputs; a skip uses identity or a linear projection."""
+def mlp_backbone(
+    input_dim: int, widths: Sequence[int] = (64, 64, 64, 64), norm: str = "layernorm"
+) -> Backbone:
+    """Fully connected blocks for vector inputs; a skip uses identity or a linear projection.
+
+    ``norm`` is each block's normalisation: ``"layernorm"`` (the default, which
+    every existing result used) or ``"none"`` (Linear -> ReLU; the backbone's
+    name then ends in ``-nonorm``).
+    """
+    if norm not in MLP_NORMS:
+        raise ValueError(f"mlp_backbone: norm={norm!r} is not one of {list(MLP_NORMS)}")
     blocks = []
     d_in = input_dim
     for i, width in enumerate(widths):
@@ -165,7 +179,8 @@ def mlp_backbone(input_dim: int, widths: Sequence[int] = (64, 64, 64, 64), norm:
             )
         )
         d_in = width
-    return Backbone(f"mlp{'-'.join(map(str, widths))}", (input_dim,), blocks, _vector_head(d_in))
+    name = f"mlp{'-'.join(map(str, widths))}" + ("" if norm == "layernorm" else "-nonorm")
+    return Backbone(name, (input_dim,), blocks, _vector_head(d_in))
 
 
 # ----------------------------------------------------------------------- CNN

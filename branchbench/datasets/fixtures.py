@@ -1,7 +1,9 @@
 """Fixture makers for tests: small data files in exactly the formats the loaders read.
 
-``write_npz_fixture`` and ``write_csv_fixture`` write learnable toy data (targets
-are functions of the inputs) in the formats of :mod:`branchbench.datasets.npz`.
+``write_npz_fixture`` (one ``x`` of all rows), ``write_split_npz_fixture`` (one
+``x_<split>, y_<split>`` pair per split) and ``write_csv_fixture`` write learnable
+toy data (targets are functions of the inputs) in the formats of
+:mod:`branchbench.datasets.npz`.
 ``drop`` leaves arrays (columns) out and ``extra`` adds or replaces some, which
 is how tests build malformed files. ``make_<dataset>(directory)`` is what the
 conformance tests use to point a file-based dataset at a fixture.
@@ -80,13 +82,15 @@ def write_npz_fixture(
     seed: int = 0,
     drop: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
+    compress: bool = False,
 ) -> Path:
     """Write a ``.npz`` fixture and return its path.
 
     ``layout="per_task"`` writes ``y_<task>`` arrays, ``"matrix"`` one 2-D ``y``
     with ``task_names`` (multiclass labels stored as floats there). ``kinds`` is
     written as an array unless ``write_kinds=False`` (then the loader infers
-    them); ``groups`` and a ``split`` array are written when given / asked for.
+    them); ``groups`` and a ``split`` array are written when given / asked for;
+    ``compress`` writes it with ``numpy.savez_compressed``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +113,7 @@ def write_npz_fixture(
         arrays.pop(key, None)
     arrays.update(extra or {})
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        (np.savez_compressed if compress else np.savez)(handle, **arrays)
     return path
 
 
@@ -139,6 +143,61 @@ def write_csv_fixture(
         columns.pop(key, None)
     columns.update(extra or {})
     pd.DataFrame(columns).to_csv(path, index=False)
+    return path
+
+
+def write_split_npz_fixture(
+    path: str | Path,
+    sizes: Mapping[str, int] | None = None,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    input_dim: int = 6,
+    image_shape: tuple[int, int, int] | None = None,
+    image_dtype: str = "float32",
+    groups: Sequence[int] | None = None,
+    write_task_names: bool = True,
+    write_kinds: bool = True,
+    n_classes: int = 3,
+    seed: int = 0,
+    drop: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a ``.npz`` fixture in the per-split layout and return its path.
+
+    ``sizes`` gives the rows per split (default train 80, val 20, test 20); a
+    split left out of it (or of size 0) gets no arrays, e.g. ``{"train": 90,
+    "test": 30}`` leaves the loader to draw val rows from train. Targets are
+    ``y_<split>`` of ``N x T`` (``N`` for one task) with ``task_names`` unless
+    ``write_task_names=False``. The rows are those of :func:`fixture_arrays`
+    in train, val, test order.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sizes = dict(sizes) if sizes is not None else {"train": 80, "val": 20, "test": 20}
+    x, targets = fixture_arrays(sum(sizes.values()), tasks, kinds, input_dim, image_shape, image_dtype,
+                                n_classes, seed)
+    y = np.stack([targets[t].astype(np.float32) for t in tasks], axis=1)
+    if len(tasks) == 1:
+        y = y[:, 0]
+    arrays: dict[str, Any] = {}
+    start = 0
+    for split in ("train", "val", "test"):
+        size = sizes.get(split, 0)
+        if size:
+            arrays[f"x_{split}"] = x[start : start + size]
+            arrays[f"y_{split}"] = y[start : start + size]
+        start += size
+    if write_task_names:
+        arrays["task_names"] = np.array(list(tasks), dtype=str)
+    if write_kinds:
+        arrays["kinds"] = np.array(list(kinds), dtype=str)
+    if groups is not None:
+        arrays["groups"] = np.asarray(groups, dtype=np.int64)
+    for key in drop:
+        arrays.pop(key, None)
+    arrays.update(extra or {})
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -68,7 +68,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from branchbench.core.backbones import mlp_backbone
+from branchbench.core.backbones import MLP_NORMS, mlp_backbone
 from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
 from branchbench.core.options import Option, OptionError
 from branchbench.core.tasks import TaskSpec
@@ -119,6 +119,7 @@ class Synthetic(Dataset):
         "data_seed": Option(0, "seed of everything about the data", low=0),
         "width": Option(16, "width of each block of the default MLP backbone", low=1, high=65536),
         "depth": Option(4, "number of blocks of the default MLP backbone", low=1, high=64),
+        "norm": Option("layernorm", "normalisation in each block of the default MLP backbone", choices=MLP_NORMS),
     }
 
     def __init__(self, **options: Any) -> None:
@@ -145,6 +146,14 @@ class Synthetic(Dataset):
                 f"direction(s){' and ' + str(p['supergroups']) + ' supergroup direction(s)' if p['supergroups'] > 1 else ''}; "
                 f"use input_dim >= {needed}"
             )
+
+    def identity(self) -> dict[str, Any]:
+        """Every option, less ``norm`` at its default: it came after results existed, and at
+        ``layernorm`` the backbone is the one they used, so their cells keep their identity."""
+        params = self.get_params()
+        if params["norm"] == self.options["norm"].default:
+            del params["norm"]
+        return params
 
     # ------------------------------------------------------------------ truth
     def _streams(self) -> list[np.random.Generator]:
@@ -255,7 +264,7 @@ class Synthetic(Dataset):
             name=self.name,
             tasks=[TaskSpec(name, "regression") for name in names],
             splits=splits,
-            backbone=mlp_backbone(p["input_dim"], [p["width"]] * p["depth"]),
+            backbone=mlp_backbone(p["input_dim"], [p["width"]] * p["depth"], norm=p["norm"]),
             protocol=self.protocol(),
             groups={name: int(g) for name, g in zip(names, raw["group_of"], strict=True)},
             options=dict(p),
