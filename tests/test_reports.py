@@ -100,6 +100,15 @@ def test_summary_counts_data_seeds_and_gives_each_permuted_control_its_row():
     assert row[("Δm (%)", "ci_low")] < row[("Δm (%)", "mean")] < row[("Δm (%)", "ci_high")]
 
 
+def test_task_gains_match_the_reference_on_data_and_training_seed():
+    runs = seeded_runs()
+    runs = runs[runs["method"].isin(["learn_to_branch", "shared_bottom"])].copy()
+    runs["metrics.test.a.accuracy"] = 0.5 + 0.1 * runs["tags.bb.data_seed"] + 0.01 * runs["seed"]
+    runs.loc[runs["method"] == "learn_to_branch", "metrics.test.a.accuracy"] *= 1.1
+    gains = tables.task_gains(runs, reference="shared_bottom")
+    assert gains.loc[("learn_to_branch", "2"), "a"] == pytest.approx(10.0)
+
+
 def test_paired_refuses_several_datasets_in_one_holm_family():
     frame = seeded_runs().assign(dataset=["a", "b"] * (len(seeded_runs()) // 2))
     with pytest.raises(ValueError, match="one Holm family"):

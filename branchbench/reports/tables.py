@@ -423,17 +423,20 @@ def format_grouping(table: pd.DataFrame) -> pd.DataFrame:
 
 # -------------------------------------------------------------- per task
 def task_gains(runs: pd.DataFrame, reference: str = "independent") -> pd.DataFrame:
-    """Per (method, budget) x task: mean signed relative gain (%) over ``reference`` at the same seed.
+    """Per (method, budget) x task: mean signed relative gain (%) over ``reference`` at the same seeds.
 
     Positive is better whatever the metric's direction (the per-task terms of Δm).
+    Runs are matched to the reference on (data seed, training seed).
     """
     tasks = main_metrics(runs)
-    ref = runs[runs["method"] == reference].set_index("seed")
+    runs = _keyed(runs)
+    ref = runs[runs["method"] == reference].set_index(["data_seed", "seed"])
     rows = {}
-    for key, group in runs.groupby(["method", "budget"], sort=False):
+    for key, group in runs.groupby(["label", "budget"], sort=False):
         gains = {}
+        keys = pd.MultiIndex.from_frame(group[["data_seed", "seed"]])
         for task, (column, higher) in tasks.items():
-            base = group["seed"].map(ref[column]) if column in ref else np.nan
+            base = pd.Series(ref[column].reindex(keys).to_numpy(), index=group.index) if column in ref else np.nan
             sign = 1.0 if higher else -1.0
             gains[task] = float((100.0 * sign * (group[column] - base) / base.abs()).mean())
         rows[key] = gains
