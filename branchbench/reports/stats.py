@@ -16,9 +16,11 @@ Procedures and their references:
   data", JRSS B 69(3), 369-390. Written by hand: ``scipy.stats.bootstrap``
   resamples one level only.
 - :func:`paired_comparison`: ``scipy.stats.ttest_rel`` (two-sided) and the exact
-  ``scipy.stats.wilcoxon`` signed-rank test, with Cohen's d_z (Cohen 1988,
-  *Statistical Power Analysis*, eq. 2.3.5: mean difference over the standard
-  deviation of the differences).
+  ``scipy.stats.wilcoxon`` signed-rank test (Wilcoxon 1945; Hollander, Wolfe &
+  Chicken 2014, *Nonparametric Statistical Methods*, sec. 3.1), with Cohen's
+  d_z, the mean difference over the standard deviation of the differences
+  (Cohen 1988, *Statistical Power Analysis*, ch. 2; Lakens 2013, Front.
+  Psychol. 4:863).
 - :func:`holm`: Holm (1979), "A simple sequentially rejective multiple test
   procedure", Scand. J. Statist. 6, 65-70, as adjusted p-values (Wright 1992,
   "Adjusted P-values for simultaneous inference", Biometrics 48, 1005-1013).
@@ -126,7 +128,8 @@ def paired_comparison(a: np.ndarray | pd.Series, b: np.ndarray | pd.Series) -> P
     - t-test: ``scipy.stats.ttest_rel(a, b)``, n - 1 degrees of freedom.
     - Wilcoxon signed-rank, exact null distribution. Zero differences are
       dropped before ranking (``zero_method="wilcox"``, Wilcoxon 1945's rule,
-      as in most textbooks), so its n is the number of non-zero differences.
+      as in most textbooks; Pratt's 1959 alternative ranks them first), so its
+      n is the number of non-zero differences.
       Tied |differences| get average ranks; the exact p-value is then the
       conditional one, by enumerating all 2**n sign patterns of those ranks
       (Hollander, Wolfe & Chicken 2014, sec. 3.1, comment on ties; scipy's
@@ -135,7 +138,10 @@ def paired_comparison(a: np.ndarray | pd.Series, b: np.ndarray | pd.Series) -> P
       scipy's ``method="exact"`` is used as it is: the no-ties distribution
       with the statistic rounded toward the null (conservative; scipy gh-19872).
       With n <= 5 non-zero pairs no two-sided p-value falls below 0.0625.
-    - Cohen's d_z = mean(diff) / sd(diff, ddof=1).
+    - Cohen's d_z = mean(diff) / sd(diff, ddof=1) (= t / sqrt(n)), without the
+      small-sample correction: Hedges' factor 1 - 3 / (4 (n - 1) - 1) would
+      shrink it by 43% at n = 3 and 9% at n = 10, so read d_z from few pairs
+      as an upper-leaning estimate.
 
     Degenerate cases return NaN without warnings: fewer than two pairs (all
     three); all differences equal (sd 0: t and d_z undefined; the Wilcoxon p is
