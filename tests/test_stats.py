@@ -91,6 +91,17 @@ def test_two_stage_replicates_match_the_exact_bootstrap_distribution_of_unbalanc
     assert replicates.std() == pytest.approx(sd, rel=0.01)
 
 
+def test_two_stage_variance_is_davison_hinkley_strategy_1():
+    """Balanced a x b data: the replicates' variance is (1/a) [mean_i (ybar_i - ybar)^2 + mean_i s_i^2 / b],
+    s_i^2 the within-data-seed variance with divisor b (D&H 1997, sec. 3.8, strategy 1)."""
+    values = np.random.default_rng(5).normal(size=(4, 3)) + np.arange(4)[:, None]
+    a, b = values.shape
+    between = ((values.mean(axis=1) - values.mean()) ** 2).mean()
+    within = values.var(axis=1, ddof=0).mean() / b
+    replicates = stats._two_stage_means(list(values), 200_000, np.random.default_rng(1))
+    assert replicates.var() == pytest.approx((between + within) / a, rel=0.02)
+
+
 def test_interval_degenerate_inputs_deterministic_and_checked():
     one = pd.DataFrame({"data_seed": [0], "seed": [0], "v": [1.0]})
     assert all(math.isnan(x) for x in stats.hierarchical_bootstrap_ci(one, "v"))
@@ -131,6 +142,10 @@ def test_wilcoxon_drops_zero_differences_and_handles_ties_exactly():
     sums = [sum(r for r, s in zip(ranks, signs, strict=True) if s) for signs in itertools.product([0, 1], repeat=6)]
     want = min(1.0, 2 * min(np.mean([s <= observed for s in sums]), np.mean([s >= observed for s in sums])))
     assert tied.wilcoxon_p == pytest.approx(want)
+    many = np.array([1.0, 1.0, -2.0] + list(np.arange(3.0, 19.0)))  # ties past MAX_ENUMERATED: scipy's exact
+    assert len(many) > stats.MAX_ENUMERATED
+    assert stats.paired_comparison(many, np.zeros_like(many)).wilcoxon_p == pytest.approx(
+        sps.wilcoxon(many, method="exact").pvalue)
 
 
 def test_degenerate_pairs_give_nan_without_warnings():
