@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from branchbench.reports import figures, tables
+from branchbench.reports import figures, stats, tables
 from branchbench.reports.build import Header, dataset_report, write_report
 from branchbench.reports.formats import to_latex, to_markdown
 
@@ -51,9 +52,77 @@ def test_summary_matches_golden(runs):
     pd.testing.assert_frame_equal(got, expected("summary"))
 
 
-def test_paired_comparison_against_random_tree_matches_golden(runs):
+def test_paired_comparison_against_controls_matches_golden(runs):
     got = as_strings(tables.format_paired(tables.paired(toy(runs))))
     pd.testing.assert_frame_equal(got, expected("paired"))
+
+
+def seeded_runs() -> pd.DataFrame:
+    """Two data seeds x three training seeds; controls with one key missing and foreign controls to skip."""
+    rows = []
+    for data_seed, seed in [(d, s) for d in (0, 1) for s in (0, 1, 2)]:
+        learned = 10.0 + 5 * data_seed + seed * seed
+        rows += [
+            ("learn_to_branch", "2", "", data_seed, seed, learned),
+            ("random_tree", "2", "", data_seed, seed, learned - 1 - seed),
+            ("random_tree", "3", "", data_seed, seed, 99.0),  # another budget: never paired
+            ("permuted_tree", "2", "learn_to_branch", data_seed, seed, learned - 2 - data_seed),
+            ("permuted_tree", "2", "dmtg", data_seed, seed, -99.0),  # another method's control
+            ("adashare", "none", "", data_seed, seed, 1.0 + seed),
+            ("shared_bottom", "none", "", data_seed, seed, 0.5 * seed),
+        ]
+    frame = pd.DataFrame(rows, columns=["method", "budget", "tags.bb.control_of", "tags.bb.data_seed", "seed",
+                                        "metrics.delta_m"])
+    missing = (frame["method"] == "random_tree") & (frame["tags.bb.data_seed"] == 1) & (frame["seed"] == 2)
+    return frame[~missing].reset_index(drop=True)
+
+
+def test_paired_matches_data_and_training_seed_and_holm_covers_the_report():
+    table = tables.paired(seeded_runs()).set_index(["method", "control"])
+    assert list(table.index) == [("learn_to_branch", "random_tree"), ("learn_to_branch", "permuted_tree"),
+                                 ("adashare", "shared_bottom")]  # no independent or permuted runs for adashare
+    random_tree = table.loc[("learn_to_branch", "random_tree")]
+    # (data seed 1, seed 2) has no random_tree run; matching on the training seed alone would pair 10 runs
+    assert random_tree["n"] == 5 and random_tree["data_seeds"] == 2
+    assert random_tree["diff_mean"] == pytest.approx((1 + 2 + 3 + 1 + 2) / 5)
+    permuted = table.loc[("learn_to_branch", "permuted_tree")]
+    assert permuted["n"] == 6 and permuted["diff_mean"] == pytest.approx(2.5)  # 2 + data seed
+    assert permuted["ci_low"] <= 2.5 <= permuted["ci_high"]
+    np.testing.assert_allclose(table["t_p_holm"], stats.holm(table["t_p"].to_numpy()))
+    assert table["t_p_holm"].min() == pytest.approx(min(1.0, 3 * table["t_p"].min()))  # m = 3
+
+
+def test_summary_counts_data_seeds_and_gives_each_permuted_control_its_row():
+    table = tables.summary(seeded_runs().assign(dataset="toy"))
+    assert ("permuted_tree (learn_to_branch)", "2") in table.index and ("permuted_tree (dmtg)", "2") in table.index
+    row = table.loc[("learn_to_branch", "2")]
+    assert row[("n", "")] == 6 and row[("data seeds", "")] == 2
+    assert row[("Δm (%)", "ci_low")] < row[("Δm (%)", "mean")] < row[("Δm (%)", "ci_high")]
+
+
+def test_task_gains_match_the_reference_on_data_and_training_seed():
+    runs = seeded_runs()
+    runs = runs[runs["method"].isin(["learn_to_branch", "shared_bottom"])].copy()
+    runs["metrics.test.a.accuracy"] = 0.5 + 0.1 * runs["tags.bb.data_seed"] + 0.01 * runs["seed"]
+    runs.loc[runs["method"] == "learn_to_branch", "metrics.test.a.accuracy"] *= 1.1
+    gains = tables.task_gains(runs, reference="shared_bottom")
+    assert gains.loc[("learn_to_branch", "2"), "a"] == pytest.approx(10.0)
+
+
+def test_paired_refuses_several_datasets_in_one_holm_family():
+    frame = seeded_runs().assign(dataset=["a", "b"] * (len(seeded_runs()) // 2))
+    with pytest.raises(ValueError, match="one Holm family"):
+        tables.paired(frame)
+
+
+def test_table_headers_name_the_procedures_and_n(runs):
+    summary_text = tables.summary_header(tables.summary(toy(runs)))
+    for needle in ("n = 2–3 runs", "1 data seed", "two-stage bootstrap", "9999 resamples", "sample std"):
+        assert needle in summary_text
+    paired_text = tables.paired_header(tables.paired(toy(runs)))
+    for needle in ("n = 2–3 pairs", "scipy.stats.ttest_rel", "Holm step-down over the m = 3", "exact",
+                   "Wilcoxon", "Cohen's d_z", "(data seed, training seed)"):
+        assert needle in paired_text
 
 
 def test_grouping_recovery_matches_golden(runs, plans):

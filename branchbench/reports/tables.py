@@ -4,10 +4,14 @@ The input is the frame MLflow returns (columns ``run_id``, ``status``,
 ``tags.bb.*``, ``metrics.*``, ``params.*``); nothing here talks to MLflow, so
 the tables are tested against a committed golden fixture of runs.
 
-Every quantity is the mean ± sample standard deviation (ddof=1) over seeds,
-with the number of seeds ``n`` shown; with one seed only the mean is printed.
-Each function returns numbers (for CSV) and :func:`format_summary` /
-:func:`format_paired` / :func:`format_grouping` turn them into the strings of
+A run is one (data seed, training seed) pair of a cell. Every quantity is the
+mean ± sample standard deviation (ddof=1) over runs, with their number ``n``
+and the number of data seeds shown; with one run only the mean is printed. The
+summary adds 95% two-stage bootstrap intervals, the paired table tests and
+effect sizes (the procedures are in :mod:`branchbench.reports.stats`, named in
+:func:`summary_header` / :func:`paired_header`, the lines a report prints above
+each table). Each function returns numbers (for CSV) and :func:`format_summary`
+/ :func:`format_paired` / :func:`format_grouping` turn them into the strings of
 the Markdown and LaTeX tables.
 """
 
@@ -21,16 +25,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
 from branchbench.core.tasks import DEFAULT_METRICS
+from branchbench.reports import stats
 
 # A task's main metric is the first metric of its kind (core.tasks); its direction signs gains.
 MAIN_METRICS: dict[str, bool] = {specs[0].name: specs[0].higher_is_better for specs in DEFAULT_METRICS.values()}
 BASELINES = ("shared_bottom", "independent", "oracle_tree", "random_tree")
-METHOD_ORDER = (*BASELINES, "learn_to_branch", "branched_affinity", "dmtg", "adashare")
-CONTROL = "random_tree"
+NOT_LEARNED = (*BASELINES, "permuted_tree")  # everything else is a learned method, tested against controls
+METHOD_ORDER = (*NOT_LEARNED, "learn_to_branch", "branched_affinity", "dmtg", "adashare")
+DATA_SEED_TAG = "tags.bb.data_seed"  # missing (older runs): data seed 0
+CONTROL_OF_TAG = "tags.bb.control_of"  # on permuted_tree runs: the learned method whose plans it permutes
+DELTA_M = "Δm (%)"
 
 # quantity label -> (metrics column, value format)
 COSTS: dict[str, tuple[str, str]] = {
@@ -98,43 +105,129 @@ def _metric_name(column: str) -> str:
 
 
 # ---------------------------------------------------------------- summary
-def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, budget): mean, std and n of each task's main metric, their mean, and the costs.
+def _keyed(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with ``data_seed`` (tag ``bb.data_seed``, 0 where missing) and ``control_of`` (tag
+    ``bb.control_of``, "" where missing) columns, and ``label``: the method, or for a control made
+    from a learned method's plan ``permuted_tree (learn_to_branch)``, so each gets its own row."""
+    out = runs.copy()
+    if "data_seed" not in out:
+        tag = out[DATA_SEED_TAG] if DATA_SEED_TAG in out else pd.Series(0, index=out.index)
+        out["data_seed"] = pd.to_numeric(tag, errors="coerce").fillna(0).astype(int)
+    if "control_of" not in out:
+        tag = out[CONTROL_OF_TAG] if CONTROL_OF_TAG in out else pd.Series("", index=out.index)
+        out["control_of"] = tag.fillna("").astype(str)
+    out["label"] = [f"{m} ({of})" if of else m for m, of in zip(out["method"], out["control_of"], strict=True)]
+    return out
 
-    Columns are a MultiIndex (quantity, statistic) with statistics mean/std;
-    plus ``("n", "")``.
+
+def summary(runs: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
+    """Per (method, budget): the quality and cost of its runs, with intervals for the quality.
+
+    Quality: Δm, the mean of each metric kind's main metric over its tasks (when
+    a kind has two or more tasks; kinds are never averaged together) and each
+    task's main test metric. Each gets mean, std (ddof=1) and the 95% two-stage
+    bootstrap interval of the mean (:func:`stats.hierarchical_bootstrap_ci`:
+    data seeds, then training seeds within them), ``ci_low`` / ``ci_high``.
+    Costs get mean and std. Columns are a MultiIndex (quantity, statistic),
+    plus ``("n", "")`` (runs, i.e. (data seed, training seed) pairs) and
+    ``("data seeds", "")``.
     """
+    runs = _keyed(runs)
     tasks = main_metrics(runs)
-    values = pd.DataFrame({"method": runs["method"], "budget": runs["budget"]})
+    values = pd.DataFrame({"method": runs["label"], "budget": runs["budget"],
+                           "data_seed": runs["data_seed"], "seed": runs["seed"]})
+    quality = [DELTA_M]
+    values[DELTA_M] = runs[COSTS[DELTA_M][0]] if COSTS[DELTA_M][0] in runs else np.nan
+    kinds: dict[str, list[str]] = {}
+    for column, _ in tasks.values():
+        kinds.setdefault(_metric_name(column), []).append(column)
+    for kind, columns in kinds.items():
+        if len(columns) >= 2:
+            values[f"mean {kind}"] = runs[columns].mean(axis=1)
+            quality.append(f"mean {kind}")
     for task, (column, _) in tasks.items():
         values[f"{task} {_metric_name(column)}"] = runs[column]
-    kinds = {_metric_name(c) for c, _ in tasks.values()}
-    if tasks:
-        label = f"mean {kinds.pop()}" if len(kinds) == 1 else "mean main metric"
-        values[label] = runs[[c for c, _ in tasks.values()]].mean(axis=1)
+        quality.append(f"{task} {_metric_name(column)}")
     for label, (column, _) in COSTS.items():
-        values[label] = runs[column] if column in runs else np.nan
-    return _aggregate(values, ["method", "budget"])
+        if label != DELTA_M:
+            values[label] = runs[column] if column in runs else np.nan
+    return _aggregate(values, ["method", "budget"], quality, n_resamples)
 
 
-def _aggregate(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def _aggregate(values: pd.DataFrame, keys: list[str], with_ci: list[str] | None = None,
+               n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
+    """mean/std (and for ``with_ci`` the bootstrap interval) of every value column per ``keys``."""
+    with_ci = with_ci or []
     grouped = values.groupby(keys, sort=False)
-    quantities = [c for c in values.columns if c not in keys]
-    table = pd.concat({q: grouped[q].agg(["mean", "std"]) for q in quantities}, axis=1)
+    quantities = [c for c in values.columns if c not in [*keys, "data_seed", "seed"]]
+    parts = {}
+    for q in quantities:
+        part = grouped[q].agg(["mean", "std"])
+        if q in with_ci:
+            cis = [stats.hierarchical_bootstrap_ci(group, q, n_resamples=n_resamples) for _, group in grouped]
+            part["ci_low"], part["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+        parts[q] = part
+    table = pd.concat(parts, axis=1)
     table[("n", "")] = grouped.size()
+    if "data_seed" in values:
+        table[("data seeds", "")] = grouped["data_seed"].nunique()
     return table
 
 
+def summary_header(table: pd.DataFrame) -> str:
+    """The sentence above the summary table: what each cell holds, the procedures and n."""
+    n, data = _span(table[("n", "")]), _span(table[("data seeds", "")])
+    return (
+        f"Each row: n = {n} runs, one per (data seed, training seed) pair, over {data} data seed(s). "
+        "Quality cells: mean ± sample std (ddof=1) [95% interval of the mean: percentile two-stage "
+        f"bootstrap, data seeds then training seeds within them resampled with replacement, "
+        f"{stats.N_RESAMPLES} resamples; Davison & Hinkley 1997, sec. 3.8]; costs: mean ± std. "
+        "Δm: mean signed relative gain (%) of each task's main test metric over the independent networks; "
+        "beside it the absolute main test metrics (per task, and their mean per metric kind where a kind has several tasks). "
+        + _interval_note(table[("data seeds", "")])
+    )
+
+
+def _span(counts: pd.Series) -> str:
+    counts = counts.dropna().astype(int)
+    if counts.empty:
+        return "0"
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _interval_note(data_seeds: pd.Series) -> str:
+    """What the intervals can claim, given the fewest data seeds of a row (numbers: tests/test_stats.py)."""
+    fewest = int(data_seeds.min()) if len(data_seeds) else 0
+    if fewest <= 1:
+        return ("With one data seed an interval reflects training seeds only: it speaks for this "
+                "data draw, not for the data distribution; from few runs it also undercovers (in simulation "
+                "a nominal 95% interval covered the mean about 80% of the time with 3 training seeds, "
+                "87% with 5, 92% with 10).")
+    return ("Percentile intervals over few data seeds undercover: in simulation (3 training seeds each) a "
+            "nominal 95% interval covered the mean about 60–70% of the time with 2 data seeds, 80% with 3–4 "
+            "and 85–90% with 5–8.")
+
+
 def format_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary as strings ``mean ± std`` (the Markdown / LaTeX table)."""
+    """The summary as strings ``mean ± std [low, high]`` (the Markdown / LaTeX table)."""
     out = pd.DataFrame(index=table.index)
     out["n"] = table[("n", "")].astype(int)
-    for quantity in dict.fromkeys(q for q, _ in table.columns if q != "n"):
+    out["data seeds"] = table[("data seeds", "")].astype(int)
+    for quantity in dict.fromkeys(q for q, _ in table.columns if q not in ("n", "data seeds")):
         style = COSTS[quantity][1] if quantity in COSTS else "3f"
-        out[quantity] = [
-            _pm(m, s, style) for m, s in zip(table[(quantity, "mean")], table[(quantity, "std")], strict=True)
-        ]
+        cells = [_pm(m, s, style) for m, s in zip(table[(quantity, "mean")], table[(quantity, "std")], strict=True)]
+        if (quantity, "ci_low") in table:
+            cells = [_with_ci(c, lo, hi, style)
+                     for c, lo, hi in zip(cells, table[(quantity, "ci_low")], table[(quantity, "ci_high")], strict=True)]
+        out[quantity] = cells
     return out
+
+
+def _with_ci(text: str, low: float, high: float, style: str) -> str:
+    if math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} [{_fmt(low, style)}, {_fmt(high, style)}]"
 
 
 def _pm(mean: float, std: float, style: str) -> str:
@@ -157,52 +250,119 @@ def _fmt(value: float, style: str) -> str:
 
 
 # ----------------------------------------------------------------- paired
-def paired(runs: pd.DataFrame, control: str = CONTROL) -> pd.DataFrame:
-    """Each learned method against ``control`` on the same seeds, per budget.
+def controls_of(method: str, budget: str) -> list[str]:
+    """The controls a learned method at ``budget`` is compared with (and why).
 
-    A budget-aware method is paired with the control at its own budget; one
-    that is not (budget ``none``) with the control at every budget. Columns:
-    method, budget, control budget, n (paired seeds), Δm of each, their
-    per-seed difference (mean, std), wins (seeds where the method's Δm is
-    higher) and the two-sided paired t-test p-value (NaN below two seeds).
+    Budget-aware (a numeric budget): controls of the same capacity at that
+    budget: ``random_tree`` (a random tree at the cap) and ``permuted_tree``
+    (its own plans with task labels permuted; rows tagged ``bb.control_of`` =
+    the method), so a difference is due to which tasks share, not how much.
+    Not budget-aware (budget ``none``): no random tree matches its size, so its
+    controls are the two fixed endpoints, ``shared_bottom`` and
+    ``independent`` (against which Δm is measured at the same seeds, so that
+    test is one of Δm against 0), and its own ``permuted_tree``.
     """
-    columns = ["method", "budget", "control_budget", "n", "delta_m", "control_delta_m",
-               "diff_mean", "diff_std", "wins", "p_value"]
-    if "metrics.delta_m" not in runs:
+    if budget == "none":
+        return ["shared_bottom", "independent", "permuted_tree"]
+    return ["random_tree", "permuted_tree"]
+
+
+def paired(runs: pd.DataFrame, value: str = "metrics.delta_m", n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
+    """Each learned method against each of its controls present (:func:`controls_of`), on the same seeds.
+
+    ``runs`` are one dataset's: its comparisons are one Holm family. Pairs
+    are matched on (data seed, training seed); a key present on one side only
+    is left out. Columns: method, budget, control, n (pairs), data seeds,
+    ``value`` mean of the method and of the control over the pairs, the
+    difference method - control (mean, std, 95% two-stage bootstrap interval
+    of its mean), Cohen's d_z, wins (pairs where the method is higher), the
+    two-sided paired t-test p, its Holm-adjusted p over every row, and the
+    exact Wilcoxon signed-rank p (zero differences dropped; ``wilcoxon_n``
+    pairs left) with its own Holm adjustment (CSV only). The tests take the
+    pairs as independent; the interval does not (see :func:`paired_header`).
+    """
+    columns = ["method", "budget", "control", "n", "data_seeds", "value", "control_value", "diff_mean",
+               "diff_std", "ci_low", "ci_high", "d_z", "wins", "t_p", "t_p_holm", "wilcoxon_n", "wilcoxon_p",
+               "wilcoxon_p_holm"]
+    if value not in runs or runs.empty:
         return pd.DataFrame(columns=columns)
-    ctrl = runs[runs["method"] == control]
+    if "dataset" in runs and runs["dataset"].nunique() > 1:
+        raise ValueError(f"paired: runs of one dataset form one Holm family; got {sorted(runs['dataset'].unique())}"
+                         " (call it once per dataset)")
+    runs = _keyed(runs)
+    keys = ["data_seed", "seed"]
     rows = []
-    learned = runs[~runs["method"].isin(BASELINES)]
+    learned = runs[~runs["method"].isin(NOT_LEARNED)]
     for (method, budget), group in learned.groupby(["method", "budget"], sort=False):
-        budgets = [budget] if budget != "none" else sorted(ctrl["budget"].unique(), key=_budget_key)
-        for ctrl_budget in budgets:
-            other = ctrl[ctrl["budget"] == ctrl_budget][["seed", "metrics.delta_m"]]
-            pairs = group[["seed", "metrics.delta_m"]].merge(other, on="seed", suffixes=("", "_c"))
+        for control in controls_of(method, budget):
+            of = method if control == "permuted_tree" else ""
+            other = runs[(runs["method"] == control) & (runs["budget"] == budget) & (runs["control_of"] == of)]
+            pairs = group[[*keys, value]].merge(other[[*keys, value]], on=keys, suffixes=("", "_c"))
+            pairs = pairs.dropna(subset=[value, f"{value}_c"])
             if pairs.empty:
                 continue
-            diff = pairs["metrics.delta_m"] - pairs["metrics.delta_m_c"]
-            p_value = float("nan")
-            if len(diff) >= 2 and diff.std(ddof=1) > 0:
-                p_value = float(stats.ttest_rel(pairs["metrics.delta_m"], pairs["metrics.delta_m_c"]).pvalue)
-            rows.append([method, budget, ctrl_budget, len(pairs), pairs["metrics.delta_m"].mean(),
-                         pairs["metrics.delta_m_c"].mean(), diff.mean(), diff.std(ddof=1),
-                         int((diff > 0).sum()), p_value])
-    return pd.DataFrame(rows, columns=columns)
+            pairs["diff"] = pairs[value] - pairs[f"{value}_c"]
+            result = stats.paired_comparison(pairs[value], pairs[f"{value}_c"])
+            low, high = stats.hierarchical_bootstrap_ci(pairs, "diff", n_resamples=n_resamples)
+            rows.append([method, budget, control, result.n, pairs["data_seed"].nunique(), pairs[value].mean(),
+                         pairs[f"{value}_c"].mean(), result.mean_diff, result.sd_diff, low, high, result.d_z,
+                         int((pairs["diff"] > 0).sum()), result.t_p, math.nan, result.wilcoxon_n,
+                         result.wilcoxon_p, math.nan])
+    table = pd.DataFrame(rows, columns=columns)
+    if not table.empty:
+        table["t_p_holm"] = stats.holm(table["t_p"].to_numpy(float))
+        table["wilcoxon_p_holm"] = stats.holm(table["wilcoxon_p"].to_numpy(float))
+    return table
 
 
-def format_paired(table: pd.DataFrame, control: str = CONTROL) -> pd.DataFrame:
+def paired_header(table: pd.DataFrame) -> str:
+    """The sentence above the paired table: the pairing, the procedures, m and n."""
+    tested = int(table["t_p"].notna().sum()) if "t_p" in table else 0
+    return (
+        "Each learned method against its controls (random_tree and its own permuted_tree at its budget; "
+        "shared_bottom, independent and its permuted_tree for a method without a budget), paired on "
+        f"(data seed, training seed): n = {_span(table['n']) if len(table) else '0'} pairs over "
+        f"{_span(table['data_seeds']) if len(table) else '0'} data seed(s) per row. "
+        "difference: method − control Δm, mean ± std [95% percentile two-stage bootstrap interval, data seeds "
+        "then training seeds]; d_z: Cohen's d_z (mean / std of the differences); wins: pairs where the "
+        "method is higher; p (t): two-sided paired t-test (scipy.stats.ttest_rel); "
+        f"p (t, Holm): Holm step-down over the m = {tested} t-tests of this report; "
+        "p (Wilcoxon): exact two-sided signed-rank test, zero differences dropped, ties by the exact "
+        "conditional distribution, not adjusted (robustness check; it cannot fall below 0.0625 with 5 pairs "
+        "or fewer). The tests treat the pairs as independent; pairs that share a data seed are not, so where "
+        "p and the interval disagree, trust the interval. "
+        + (_interval_note(table["data_seeds"]) if len(table) else "")
+    )
+
+
+def format_paired(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "method": table["method"],
         "budget": table["budget"],
-        f"{control} budget": table["control_budget"],
+        "control": table["control"],
         "n": table["n"].astype(int),
-        "Δm (%)": [_fmt(v, "signed") for v in table["delta_m"]],
-        f"Δm {control} (%)": [_fmt(v, "signed") for v in table["control_delta_m"]],
-        "difference": [_pm(m, s, "signed") for m, s in zip(table["diff_mean"], table["diff_std"], strict=True)],
+        "data seeds": table["data_seeds"].astype(int),
+        "Δm (%)": [_fmt(v, "signed") for v in table["value"]],
+        "Δm control (%)": [_fmt(v, "signed") for v in table["control_value"]],
+        "difference": [_with_ci(_pm(m, s, "signed"), lo, hi, "signed") for m, s, lo, hi in
+                       zip(table["diff_mean"], table["diff_std"], table["ci_low"], table["ci_high"], strict=True)],
+        "d_z": [_number(v, "{:+.2f}") for v in table["d_z"]],
         "wins": [f"{w}/{n}" for w, n in zip(table["wins"], table["n"], strict=True)],
-        "p (paired t)": ["–" if math.isnan(p) else f"{p:.3f}" for p in table["p_value"]],
+        "p (t)": [_p(p) for p in table["t_p"]],
+        "p (t, Holm)": [_p(p) for p in table["t_p_holm"]],
+        "p (Wilcoxon)": [_p(p) for p in table["wilcoxon_p"]],
     })
     return out.reset_index(drop=True)
+
+
+def _number(value: float, pattern: str) -> str:
+    return "–" if value is None or math.isnan(value) else pattern.format(value)
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 # --------------------------------------------------------------- grouping
@@ -265,17 +425,20 @@ def format_grouping(table: pd.DataFrame) -> pd.DataFrame:
 
 # -------------------------------------------------------------- per task
 def task_gains(runs: pd.DataFrame, reference: str = "independent") -> pd.DataFrame:
-    """Per (method, budget) x task: mean signed relative gain (%) over ``reference`` at the same seed.
+    """Per (method, budget) x task: mean signed relative gain (%) over ``reference`` at the same seeds.
 
     Positive is better whatever the metric's direction (the per-task terms of Δm).
+    Runs are matched to the reference on (data seed, training seed).
     """
     tasks = main_metrics(runs)
-    ref = runs[runs["method"] == reference].set_index("seed")
+    runs = _keyed(runs)
+    ref = runs[runs["method"] == reference].set_index(["data_seed", "seed"])
     rows = {}
-    for key, group in runs.groupby(["method", "budget"], sort=False):
+    for key, group in runs.groupby(["label", "budget"], sort=False):
         gains = {}
+        keys = pd.MultiIndex.from_frame(group[["data_seed", "seed"]])
         for task, (column, higher) in tasks.items():
-            base = group["seed"].map(ref[column]) if column in ref else np.nan
+            base = pd.Series(ref[column].reindex(keys).to_numpy(), index=group.index) if column in ref else np.nan
             sign = 1.0 if higher else -1.0
             gains[task] = float((100.0 * sign * (group[column] - base) / base.abs()).mean())
         rows[key] = gains
