@@ -218,6 +218,15 @@ def test_trainer_evaluate_streams_what_predict_would_score():
     assert all(math.isfinite(v) for v in streamed.values())
 
 
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_dense_training_and_evaluation_under_bf16_autocast(amp):
+    bench = dense_benchmark(n_train=32, n_val=16, n_test=8, epochs=1, batch_size=16)
+    trainer = Trainer(bench.protocol.replace(amp=amp))
+    result = retrain(bench, Plan.shared_bottom(bench.task_names, bench.backbone.block_names), trainer, seed=0)
+    assert math.isfinite(result.fit.best_val_loss)
+    assert all(math.isfinite(v) for v in result.metrics.values())
+
+
 # ---------------------------------------------------------------- conventions
 def test_taskonomy_conventions_on_raw_values():
     raw_depth = np.array([[0, 511, 64499, 64500, 65535]], dtype=np.uint16)

@@ -9,7 +9,7 @@ stay one tensor per task:
 kind            C    target                                      invalid pixel
 ==============  ===  ==========================================  =========================
 segmentation    K    ``(B, H, W)`` integer class ids 0..K-1      ``ignore_index`` (255)
-normals         3    ``(B, 3, H, W)`` float, unit vectors        NaN (any channel)
+normals         3    ``(B, 3, H, W)`` float, unit vectors        NaN (any channel) or 0
 depth           1    ``(B, H, W)`` or ``(B, 1, H, W)`` float     NaN
 keypoints       1    ``(B, H, W)`` or ``(B, 1, H, W)`` float     NaN
 edges           1    ``(B, H, W)`` or ``(B, 1, H, W)`` float     NaN
@@ -226,8 +226,8 @@ def dense_loss(
             denominator = class_weights[labels.masked_fill(~valid, 0)].masked_fill(~valid, 0).sum()
         return total / denominator.clamp_min(1e-12)
     if kind == "normals":
-        valid = torch.isfinite(target).all(dim=1)
         goal = torch.nan_to_num(target.float())
+        valid = torch.isfinite(target).all(dim=1) & (goal.abs().sum(dim=1) > 0)
         if criterion == "l1":
             errors = (prediction - goal).abs().sum(dim=1)
             return (errors * valid).sum() / (3 * valid.sum()).clamp_min(1)
