@@ -150,14 +150,14 @@ def taskonomy_depth(raw: Tensor | np.ndarray) -> Tensor:
     return out.masked_fill(~taskonomy_depth_valid(raw), float("nan"))
 
 
-def taskonomy_normals(raw: Tensor | np.ndarray, valid: Tensor | None = None) -> Tensor:
+def taskonomy_normals(raw: Tensor | np.ndarray, valid: Tensor | np.ndarray | None = None) -> Tensor:
     """float32 in [-1, 1] from uint8 ``(..., 3, H, W)``; NaN where ``valid`` (``(..., H, W)``) is False.
 
     ``valid`` is the depth mask of the same view (:func:`taskonomy_depth_valid`).
     """
     x = _tensor(raw).to(torch.float32) / 255.0 * 2.0 - 1.0
     if valid is not None:
-        x = x.masked_fill(~valid.unsqueeze(-3), float("nan"))
+        x = x.masked_fill(~_tensor(valid).bool().unsqueeze(-3), float("nan"))
     return x
 
 
