@@ -8,6 +8,9 @@ block takes (identity, or a projection where the block changes shape). The
 
 Per-block parameter and FLOP counts are measured once from a single node
 (torch's own FLOP counter), so a plan's cost is known without building it.
+
+:func:`dense_backbone` is the default for dense (per-pixel) tasks: a residual
+encoder whose blocks are the branch points, and a light decoder per task.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -185,9 +189,9 @@ def mlp_backbone(
 
 # ----------------------------------------------------------------------- CNN
 class ConvStem(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,5 +268,86 @@ def rescnn_backbone(
         (in_channels, image_size, image_size),
         blocks,
         _spatial_head(c_prev),
+        convolutional=True,
+    )
+
+
+# --------------------------------------------------------------------- dense
+class DenseDecoder(nn.Module):
+    """A light per-task decoder: 3x3 conv, BN, ReLU, a 1x1 classifier, bilinear upsampling to ``size``.
+
+    It reads the last block's features only (BranchedNet's heads read each
+    task's last activation), as AdaShare's DeepLab heads do; theirs are ASPP
+    (four dilated 3x3 branches) on a ResNet-34 at output stride 8.
+    """
+
+    def __init__(self, c_in: int, n_out: int, size: tuple[int, int], width: int = 64) -> None:
+        super().__init__()
+        self.size = tuple(size)
+        self.conv = nn.Conv2d(c_in, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.classify = nn.Conv2d(width, n_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.classify(torch.relu(self.bn(self.conv(x))))
+        if tuple(out.shape[-2:]) != self.size:
+            out = F.interpolate(out, size=self.size, mode="bilinear", align_corners=False)
+        return out
+
+
+def _dense_head(c: int, size: tuple[int, int], width: int) -> Callable[[TaskSpec], nn.Module]:
+    pooled = _spatial_head(c)
+    return lambda task: DenseDecoder(c, task.n_outputs, size, width) if task.dense else pooled(task)
+
+
+def dense_backbone(
+    in_channels: int,
+    image_size: int | tuple[int, int],
+    channels: Sequence[int] = (32, 64, 128, 256),
+    strides: Sequence[int] = (1, 2, 2, 2),
+    repeats: int = 1,
+    decoder_width: int = 64,
+) -> Backbone:
+    """A residual encoder for per-pixel tasks, one branch point per block, and a decoder per task.
+
+    Block 0 is a 3x3 conv stem with stride ``strides[0]``; each later stage i
+    has ``repeats`` residual basic blocks, the first changing the width to
+    ``channels[i]`` with stride ``strides[i]`` (its skip is a projection), the
+    others shape-preserving (their skip is the identity, which AdaShare's
+    policies rely on). Dense tasks get a :class:`DenseDecoder` that upsamples
+    to the input size; per-sample tasks a pooled linear head. The default
+    output stride is 8 (DeepLab's, as in AdaShare's Taskonomy backbone).
+    """
+    if len(strides) != len(channels):
+        raise ValueError(f"give one stride per stage: {len(channels)} channels, {len(strides)} strides")
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}: each stage needs at least one block")
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    blocks = []
+    c_prev, h, w = in_channels, height, width
+
+    def add(name: str, make, shortcut, c_out: int, stride: int) -> None:
+        nonlocal c_prev, h, w
+        h_out, w_out = (h + stride - 1) // stride, (w + stride - 1) // stride
+        blocks.append(BlockSpec(name, make, (c_prev, h, w), (c_out, h_out, w_out), make_shortcut=shortcut))
+        c_prev, h, w = c_out, h_out, w_out
+
+    c0, s0 = channels[0], strides[0]
+    add("conv0", lambda: ConvStem(in_channels, c0, s0), lambda: _projection(in_channels, c0, s0), c0, s0)
+    index = 1
+    for c, stride in zip(channels[1:], strides[1:], strict=True):
+        for r in range(repeats):
+            st = stride if r == 0 else 1
+            make = (lambda a, b, s_: lambda: ResidualBlock(a, b, s_))(c_prev, c, st)
+            shortcut = None
+            if c_prev != c or st != 1:
+                shortcut = (lambda a, b, s_: lambda: _projection(a, b, s_))(c_prev, c, st)
+            add(f"res{index}", make, shortcut, c, st)
+            index += 1
+    return Backbone(
+        f"dense{'-'.join(map(str, channels))}" + (f"x{repeats}" if repeats > 1 else ""),
+        (in_channels, height, width),
+        blocks,
+        _dense_head(c_prev, (height, width), decoder_width),
         convolutional=True,
     )

@@ -1,5 +1,11 @@
 """Scores: per-task metrics, the multi-task gain Δm, grouping recovery, latency.
 
+:class:`StreamingScores` accumulates a split's metrics batch by batch: dense
+tasks keep only additive statistics (a confusion matrix, running sums; see
+:mod:`branchbench.core.dense`), so evaluation never holds a split's dense
+predictions; per-sample tasks keep their (small) predictions and are scored
+once at the end exactly as :func:`score_predictions` scores them.
+
 Δm (Maninis et al., CVPR 2019; Vandenhende et al.) is the mean over tasks of
 the relative change of each task's main metric against the independent
 networks, signed so that positive is better:
@@ -19,6 +25,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
+from branchbench.core import dense
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 
@@ -26,12 +33,51 @@ from branchbench.core.tasks import TaskSpec
 def score_predictions(
     tasks: Sequence[TaskSpec], predictions: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
 ) -> dict[str, float]:
-    """Flat metrics ``"<task>.<metric>"`` plus ``"mean.<main metric kind>"`` summaries."""
+    """Flat metrics ``"<task>.<metric>"`` of whole-split predictions."""
     out: dict[str, float] = {}
     for task in tasks:
         for name, value in task.score(predictions[task.name], targets[task.name]).items():
             out[f"{task.name}.{name}"] = value
     return out
+
+
+class StreamingScores:
+    """Per-task metrics of a split, fed one batch at a time; ``compute()`` gives the flat metrics.
+
+    ``compute()`` equals :func:`score_predictions` on the concatenated batches.
+    """
+
+    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
+        self.tasks = list(tasks)
+        self._stats: dict[str, dict[str, torch.Tensor] | None] = {t.name: None for t in self.tasks if t.dense}
+        self._predictions: dict[str, list[torch.Tensor]] = {t.name: [] for t in self.tasks if not t.dense}
+        self._targets: dict[str, list[torch.Tensor]] = {t.name: [] for t in self.tasks if not t.dense}
+
+    def update(self, predictions: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
+        for task in self.tasks:
+            prediction, target = predictions[task.name], targets[task.name]
+            if task.dense:
+                self._stats[task.name] = dense.add_stats(self._stats[task.name], task.batch_stats(prediction, target))
+            else:
+                self._predictions[task.name].append(prediction.detach().float().cpu())
+                self._targets[task.name].append(target.detach().cpu())
+
+    def compute(self) -> dict[str, float]:
+        """Flat metrics ``"<task>.<metric>"``, in task order."""
+        out: dict[str, float] = {}
+        for task in self.tasks:
+            if task.dense:
+                stats = self._stats[task.name]
+                if stats is None:
+                    raise ValueError(f"task {task.name!r}: no batch was scored; call update() first")
+                values = task.score_stats(stats)
+            else:
+                if not self._predictions[task.name]:
+                    raise ValueError(f"task {task.name!r}: no batch was scored; call update() first")
+                values = task.score(torch.cat(self._predictions[task.name]), torch.cat(self._targets[task.name]))
+            for name, value in values.items():
+                out[f"{task.name}.{name}"] = value
+        return out
 
 
 def delta_m(

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from branchbench.core.benchmark import Benchmark
-from branchbench.core.metrics import score_predictions
 from branchbench.core.net import BranchedNet
 from branchbench.core.plan import Plan
 from branchbench.core.trainer import FitResult, Trainer
@@ -40,10 +39,10 @@ def build_net(bench: Benchmark, plan: Plan, seed: int, device: torch.device | st
 
 
 def evaluate_net(trainer: Trainer, net: torch.nn.Module, bench: Benchmark, splits=("val", "test")) -> dict[str, float]:
+    """``"<split>.<task>.<metric>"`` for each split, streamed batch by batch (:meth:`Trainer.evaluate`)."""
     out: dict[str, float] = {}
     for split in splits:
-        predictions = trainer.predict(net, bench, bench.splits[split])
-        for key, value in score_predictions(bench.tasks, predictions, bench.splits[split].y).items():
+        for key, value in trainer.evaluate(net, bench, bench.splits[split]).items():
             out[f"{split}.{key}"] = value
     return out
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
+from branchbench.core.metrics import StreamingScores
 from branchbench.core.tasks import multitask_loss
 
 LossFn = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -437,8 +438,30 @@ class Trainer:
         return total / n, {t: v / n for t, v in per_task.items()}
 
     @torch.no_grad()
+    def evaluate(self, model: nn.Module, bench: Benchmark, split: Split) -> dict[str, float]:
+        """Every task's metrics ``"<task>.<metric>"`` over a split, accumulated batch by batch.
+
+        Dense tasks keep only per-batch statistics (see
+        :class:`~branchbench.core.metrics.StreamingScores`), so a split's dense
+        predictions are never held at once; per-sample tasks score exactly as
+        :func:`~branchbench.core.metrics.score_predictions` of :meth:`predict`.
+        """
+        model.eval()
+        model.to(self.device)
+        split = split.to(self.device)
+        scores = StreamingScores(bench.tasks)
+        for x, y in self._batches(split, 0, 0, shuffle=False):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                pred = model(self._input(bench, x, False))
+            scores.update(pred, y)
+        return scores.compute()
+
+    @torch.no_grad()
     def predict(self, model: nn.Module, bench: Benchmark, split: Split) -> dict[str, torch.Tensor]:
-        """Predictions ``{task: tensor}`` over a whole split, on the CPU in float32."""
+        """Predictions ``{task: tensor}`` over a whole split, on the CPU in float32.
+
+        This holds every prediction at once: for dense tasks use :meth:`evaluate`.
+        """
         model.eval()
         model.to(self.device)
         split = split.to(self.device)

@@ -204,3 +204,127 @@ def write_split_npz_fixture(
 def make_npz(directory: str | Path) -> Path:
     """The conformance tests' fixture for dataset ``npz``: vectors, three kinds, no groups."""
     return write_npz_fixture(Path(directory) / "npz_fixture.npz")
+
+
+# --------------------------------------------------------------------- dense
+DENSE_FIXTURE_TASKS: dict[str, str] = {
+    "seg": "segmentation", "normal": "normals", "depth": "depth", "keypoints": "keypoints", "edges": "edges",
+}
+DENSE_FIXTURE_GROUPS: dict[str, int] = {"depth": 0, "normal": 0, "seg": 1, "edges": 1, "keypoints": 1}
+
+
+def dense_arrays(n: int, size: int = 16, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Images and the five dense targets of ``n`` synthetic scenes (not Taskonomy data).
+
+    Each scene has two independent latent layers, which give the known task
+    groups (:data:`DENSE_FIXTURE_GROUPS`):
+
+    * geometry: a tilted plane with a bump gives ``depth`` and its surface
+      ``normal``; the rows above a random horizon are "sky", where both are
+      invalid (NaN), as Taskonomy masks normals where depth is missing;
+    * layout: a smooth random field cut into ``n_classes`` regions gives
+      ``seg`` (with a few unlabelled pixels, label 255), ``edges`` (1 on the
+      region boundaries, else 0) and ``keypoints`` (blobs in [0, 1] around a
+      few dots).
+
+    The image's three channels show the depth, the region map and the dots,
+    with noise, so every target is learnable from nearby pixels.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(-1.0, 1.0, size)
+    v, u = np.meshgrid(grid, grid, indexing="ij")  # v: rows (top = -1), u: columns
+    x = np.zeros((n, 3, size, size), np.float32)
+    seg = np.zeros((n, size, size), np.uint8)
+    normal = np.zeros((n, 3, size, size), np.float32)
+    depth = np.zeros((n, size, size), np.float32)
+    keypoints = np.zeros((n, size, size), np.float32)
+    edges = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        a, b, c = rng.uniform(0.3, 0.7), rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6)
+        h, s = rng.uniform(-0.5, 0.5), rng.uniform(0.25, 0.45)
+        u0, v0 = rng.uniform(-0.6, 0.6, size=2)
+        bump = h * np.exp(-((u - u0) ** 2 + (v - v0) ** 2) / (2 * s**2))
+        z = a + b * u + c * v + bump
+        dz_du = b - bump * (u - u0) / s**2
+        dz_dv = c - bump * (v - v0) / s**2
+        n_vec = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.5)])
+        n_vec /= np.linalg.norm(n_vec, axis=0, keepdims=True)
+        sky = v < rng.uniform(-1.2, -0.6)
+        depth[i] = np.where(sky, np.nan, z)
+        normal[i] = np.where(sky[None], np.nan, n_vec)
+
+        freq = rng.uniform(1.0, 3.0, size=(2, 2))
+        phase = rng.uniform(0, 2 * np.pi, size=2)
+        field = np.cos(freq[0, 0] * u + freq[0, 1] * v + phase[0]) + np.cos(freq[1, 0] * u - freq[1, 1] * v + phase[1])
+        labels = np.digitize(field, np.quantile(field, np.linspace(0, 1, n_classes + 1)[1:-1])).astype(np.uint8)
+        boundary = np.zeros_like(field, dtype=bool)
+        across = labels[:, :-1] != labels[:, 1:]
+        down = labels[:-1, :] != labels[1:, :]
+        boundary[:, :-1] |= across
+        boundary[:, 1:] |= across
+        boundary[:-1, :] |= down
+        boundary[1:, :] |= down
+        edges[i] = boundary
+        r, q = rng.integers(0, size - 2, size=2)
+        seg[i] = labels
+        seg[i, r : r + 2, q : q + 2] = 255  # unlabelled pixels
+
+        dots = np.zeros_like(field)
+        heat = np.zeros_like(field)
+        for row, col in rng.integers(1, size - 1, size=(3, 2)):
+            dots[row, col] = 1.0
+            heat = np.maximum(heat, np.exp(-((np.arange(size)[:, None] - row) ** 2 + (np.arange(size)[None] - col) ** 2) / 8.0))
+        keypoints[i] = heat
+
+        noise = 0.05 * rng.standard_normal((3, size, size))
+        x[i] = np.stack([np.where(sky, 0.0, z), labels / max(1, n_classes - 1), dots]) + noise
+    targets = {"seg": seg, "normal": normal, "depth": depth, "keypoints": keypoints, "edges": edges}
+    return x, targets
+
+
+def dense_benchmark(
+    n_train: int = 96,
+    n_val: int = 48,
+    n_test: int = 48,
+    size: int = 16,
+    n_classes: int = 3,
+    tasks: Sequence[str] | None = None,
+    seed: int = 0,
+    epochs: int = 3,
+    batch_size: int = 32,
+) -> Any:
+    """A tiny in-memory dense Benchmark for tests: the scenes of :func:`dense_arrays`.
+
+    ``tasks`` picks some of :data:`DENSE_FIXTURE_TASKS` (default: all five);
+    the backbone is a small :func:`~branchbench.core.backbones.dense_backbone`
+    at output stride 2; the known groups are :data:`DENSE_FIXTURE_GROUPS`.
+    """
+    import torch
+
+    from branchbench.core.backbones import dense_backbone
+    from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
+    from branchbench.core.tasks import TaskSpec
+
+    names = list(tasks or DENSE_FIXTURE_TASKS)
+    unknown = sorted(set(names) - set(DENSE_FIXTURE_TASKS))
+    if unknown:
+        raise ValueError(f"unknown dense fixture task(s) {unknown}; choose from {list(DENSE_FIXTURE_TASKS)}")
+    x, targets = dense_arrays(n_train + n_val + n_test, size, n_classes, seed)
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(x))}
+    splits = {
+        split: Split(torch.from_numpy(x[lo:hi]), {t: torch.from_numpy(targets[t][lo:hi]) for t in names})
+        for split, (lo, hi) in bounds.items()
+    }
+    specs = [
+        TaskSpec(t, DENSE_FIXTURE_TASKS[t], n_outputs=n_classes if t == "seg" else None) for t in names
+    ]
+    protocol = TrainingProtocol(epochs=epochs, batch_size=batch_size, lr=3e-3, early_stopping=0, threads=1, amp="off")
+    backbone = dense_backbone(3, size, channels=(16, 32, 32, 32), strides=(1, 1, 2, 1), decoder_width=16)
+    return Benchmark(
+        name="dense_fixture",
+        tasks=specs,
+        splits=splits,
+        backbone=backbone,
+        protocol=protocol,
+        groups={t: DENSE_FIXTURE_GROUPS[t] for t in names},
+    )
