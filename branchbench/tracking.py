@@ -233,19 +233,49 @@ class Tracking:
         import torch
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, name, tmp)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(self._download(run_id, name, tmp), map_location="cpu", weights_only=True)
 
     def load_text(self, run_id: str, name: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, name, tmp)
-            return Path(path).read_text()
+            return Path(self._download(run_id, name, tmp)).read_text()
 
     def load_json(self, run_id: str, name: str) -> Any:
         return json.loads(self.load_text(run_id, name))
 
     def artifact_names(self, run_id: str, path: str | None = None) -> list[str]:
+        moved = self._moved_artifacts(run_id)
+        if moved is not None:
+            folder = moved / path if path else moved
+            if not folder.is_dir():
+                return []
+            return sorted(f"{path}/{p.name}" if path else p.name for p in folder.iterdir())
         return [item.path for item in self.client.list_artifacts(run_id, path)]
+
+    def _download(self, run_id: str, name: str, tmp: str) -> str:
+        moved = self._moved_artifacts(run_id)
+        if moved is not None:
+            return str(moved / name)
+        return self.client.download_artifacts(run_id, name, tmp)
+
+    def _moved_artifacts(self, run_id: str) -> Path | None:
+        """A copied or moved SQLite store's artifacts: the run's recorded folder is gone, the copy's is here.
+
+        A local store records absolute artifact paths; when the store folder
+        was copied elsewhere, a run's artifacts are read from the same place
+        under this store's own ``mlartifacts/``, so a copy of the folder is a
+        complete record.
+        """
+        if sqlite_path(self.uri) is None:
+            return None
+        uri = self.get_run(run_id).info.artifact_uri or ""
+        if not uri.startswith("file:"):
+            return None
+        recorded = Path(urlparse(uri).path)
+        if recorded.exists() or f"/{ARTIFACT_DIR}/" not in recorded.as_posix():
+            return None
+        tail = recorded.as_posix().split(f"/{ARTIFACT_DIR}/", 1)[1]
+        here = self.root / ARTIFACT_DIR / tail
+        return here if here.exists() else None
 
     # --------------------------------------------------------------- queries
     def search(self, filter_string: str = "", max_results: int = 50_000):
