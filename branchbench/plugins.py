@@ -46,6 +46,7 @@ BUILTIN_METHODS = {
     "oracle_tree": "branchbench.baselines.oracle_tree:OracleTree",
     "adashare": "branchbench.baselines.adashare:AdaShare",
     "learn_to_branch": "branchbench.methods.learn_to_branch:LearnToBranch",
+    "learn_to_branch_uncapped": "branchbench.methods.learn_to_branch:LearnToBranchUncapped",
     "branched_affinity": "branchbench.methods.branched_affinity:BranchedAffinity",
     "dmtg": "branchbench.methods.dmtg:DMTG",
 }
