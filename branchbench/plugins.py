@@ -47,6 +47,7 @@ BUILTIN_METHODS = {
     "fixed_plan": "branchbench.baselines.fixed_plan:FixedPlan",
     "adashare": "branchbench.baselines.adashare:AdaShare",
     "learn_to_branch": "branchbench.methods.learn_to_branch:LearnToBranch",
+    "learn_to_branch_uncapped": "branchbench.methods.learn_to_branch:LearnToBranchUncapped",
     "branched_affinity": "branchbench.methods.branched_affinity:BranchedAffinity",
     "dmtg": "branchbench.methods.dmtg:DMTG",
 }

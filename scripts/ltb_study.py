@@ -91,7 +91,8 @@ def print_tables(records: list[dict]) -> None:
             continue
         m = r["metrics"]
         aris = [m[f"grouping.ari.{b}"] for b in blocks]
-        tops = [v for k, v in sorted(m.items()) if k.startswith("search/ltb/min_top_prob_used.")]
+        tops = [v for k, v in sorted(m.items()) if k.startswith("search/commitment.") and k.count(".") == 1
+                and not k.endswith((".min", ".mean"))]
         gaps = [m[f"search/ltb/coshare_gap.{b}"] for b in blocks if f"search/ltb/coshare_gap.{b}" in m]
         print(f"| {r['variant']} | {r['budget']} | {r['seed']} | {_fmt(aris)} | {'yes' if m['grouping.recovered'] else 'no'} | "
               f"{m['delta_m']:+.2f} | {by_seed_sb.get(r['seed'], float('nan')):+.2f} | {_fmt(tops)} | {_fmt(gaps)} |")

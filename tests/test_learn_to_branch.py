@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -9,13 +11,19 @@ from branchbench.context import LocalContext
 from branchbench.core.budget import Budget, BudgetError
 from branchbench.core.gumbel import TemperatureSchedule, gumbel_softmax, sample_gumbel
 from branchbench.core.net import BranchedNet
+from branchbench.core.plan import Plan
 from branchbench.datasets.synthetic import Synthetic
+from branchbench.methods import learn_to_branch as ltb
 from branchbench.methods.learn_to_branch import (
     BranchingSupernet,
     LearnToBranch,
+    LearnToBranchUncapped,
+    can_express,
     coshare_probability,
     derive_widths,
+    grouping_depths,
 )
+from branchbench.plugins import get_method_class
 
 torch.set_num_threads(1)
 
@@ -148,6 +156,92 @@ def test_warmup_mixes_parents_uniformly_in_eval_mode_too(bench):
     assert torch.allclose(got[task], net.heads[task](sum(outs) / len(outs)), atol=1e-5)
 
 
+def _grads(net, x, phase):
+    net.zero_grad(set_to_none=True)
+    net.phase = phase
+    sum(v.square().mean() for v in net(x).values()).backward()
+    net.phase = None
+    return {name: None if q.grad is None else q.grad.clone() for name, q in net.named_parameters()}
+
+
+def test_a_logit_step_computes_the_logit_gradients_and_no_weight_gradient(bench):
+    net = _net(bench, [2, 3, 4])
+    _randomise_logits(net)
+    net.hard, net.tau = False, 0.7
+    gen = torch.Generator().manual_seed(6)
+    net.noise = [sample_gumbel(q.shape, generator=gen) for q in net.all_logits()]
+    fired = []
+    for name, q in net.named_parameters():
+        if not name.startswith(("logits", "head_logits")):
+            q.register_hook(lambda g, name=name: fired.append(name))
+    x = bench.splits["train"].x[:16]
+    both = _grads(net, x, None)
+    fired.clear()
+
+    logits_only = _grads(net, x, "logits")
+    assert fired == []  # no node or head weight took part in the backward pass
+    arch = {name for name, _ in net.named_parameters() if name.startswith(("logits", "head_logits"))}
+    for name, grad in logits_only.items():
+        if name in arch:  # the same logit gradients as a full backward pass
+            assert grad is not None and grad.abs().sum() > 0 and torch.allclose(grad, both[name], atol=1e-6), name
+        else:
+            assert grad is None, name
+    assert all(q.requires_grad for q in net.parameters())  # the weights are trainable again afterwards
+
+    weights_only = _grads(net, x, "weights")
+    for name, grad in weights_only.items():
+        if name in arch:
+            assert grad is None, name
+        else:
+            assert torch.allclose(grad, both[name], atol=1e-6), name
+
+
+def test_a_search_takes_no_weight_gradient_in_its_logit_steps(bench, monkeypatch):
+    phases = {"weights": [], "logits": []}  # the step during which each kind of parameter got a gradient
+
+    class Spy(BranchingSupernet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for q in self.weight_parameters():
+                q.register_hook(lambda g: phases["weights"].append(self.phase))
+            for q in self.arch_parameters():
+                q.register_hook(lambda g: phases["logits"].append(self.phase))
+
+    monkeypatch.setattr(ltb, "BranchingSupernet", Spy)
+    result = LearnToBranch(epochs=3, warmup_epochs=1).search(bench, Budget(None), LocalContext(bench))
+    assert set(phases["weights"]) == {"weights"}
+    assert set(phases["logits"]) == {"logits"}
+    assert len(phases["logits"]) == result.cost["logit_steps"] * 3  # two block levels and the heads
+
+
+def test_eval_runs_the_noiseless_relaxation_so_the_warmup_end_does_not_jump(bench):
+    net = _net(bench, [2, 3, 4])
+    net.hard, net.tau = False, 5.0
+    x = bench.splits["val"].x[:8]
+    net.eval()
+    net.uniform = True
+    warmup = net(x)
+    net.uniform = False  # the first search epoch, logits still zero: the same network
+    relaxed = net(x)
+    for task in net.task_names:
+        assert torch.allclose(warmup[task], relaxed[task], atol=1e-6), task
+    # with moved logits: softmax(theta / tau), no noise; the argmax tree only when asked
+    _randomise_logits(net)
+    net.noise = [torch.zeros_like(q) for q in net.all_logits()]
+    expected = net.train()(x)
+    net.noise = None
+    got = net.eval()(x)
+    for task in net.task_names:
+        assert torch.allclose(got[task], expected[task], atol=1e-6), task
+    net.eval_argmax = True
+    plan, state = net.derive()
+    branched = BranchedNet(plan, bench.backbone, bench.tasks)
+    branched.load_state_dict(state)
+    with torch.no_grad():
+        a, b = net(x), branched.eval()(x)
+    assert all(torch.allclose(a[t], b[t], atol=1e-5) for t in net.task_names)
+
+
 def test_noiseless_supernet_equals_the_derived_plan_in_branchednet(bench):
     net = _net(bench, [2, 3, 4])
     _randomise_logits(net, seed=5)
@@ -243,13 +337,10 @@ def test_search_moves_probabilities_logs_curves_and_returns_a_fine_tunable_tree(
 
     plan = result.plan
     assert plan.is_tree and plan.tasks == tuple(bench.task_names)
-    assert len(ctx.curve("search/ltb/p.fc1.n0.p0")) == 10
     # uniform parents over 4 nodes would give 0.25 everywhere; the search moves towards one parent
     levels = result.artifacts["branching_probabilities.json"]["levels"]
     top = [max(row) for level in levels.values() for row in level["p"]]
     assert sum(top) / len(top) > 0.5, top
-    used = ctx.curve("search/ltb/min_top_prob_used.fc2")
-    assert used[-1] > used[0]
     assert ctx.curve("search/ltb/coshare_gap.fc1")
     # counted: a weight step runs every node once; after warm-up a logit step does too
     assert result.cost["block_evals_per_weight_step"] == 4 * 3
@@ -258,6 +349,31 @@ def test_search_moves_probabilities_logs_curves_and_returns_a_fine_tunable_tree(
     assert {"branching_probabilities.json", "derived_tree.png", "branching_history.csv"} <= set(result.artifacts)
     net = BranchedNet(plan, bench.backbone, bench.tasks)
     net.load_state_dict(result.init_state, strict=True)
+
+
+def test_search_logs_a_compact_commitment_curve_and_keeps_every_probability_as_an_artifact(bench):
+    torch.manual_seed(0)
+    ctx = LocalContext(bench, seed=0)
+    result = LearnToBranch(epochs=10, warmup_epochs=1, logit_lr=0.3).search(bench, Budget(None), ctx)
+
+    low, mean = ctx.curve("search/commitment.min"), ctx.curve("search/commitment.mean")
+    assert len(low) == len(mean) == 10
+    assert all(0.25 - 1e-6 <= a <= b <= 1.0 for a, b in zip(low, mean, strict=True))  # 4 parents each
+    assert mean[-1] > mean[0]  # the logits commit
+    for level in ("fc1", "fc2", "heads"):
+        assert len(ctx.curve(f"search/commitment.{level}")) == 10
+    changed = ctx.curve("search/tree_changed")
+    assert set(changed) <= {0.0, 1.0} and changed[0] == 0.0
+    assert result.cost["tree_final_epoch"] == max([0] + [e for e, c in enumerate(changed) if c])
+    assert result.cost["commitment"] == pytest.approx(mean[-1])
+    # one value per level or block, not one per (child, parent) pair
+    per_epoch = [m for step, m in ctx.metrics if "search/commitment.min" in m]
+    assert not any(re.search(r"\.n\d+\.p\d+$", key) for m in per_epoch for key in m)
+    assert len(per_epoch[-1]) < 30, sorted(per_epoch[-1])
+    history = result.artifacts["branching_history.csv"]
+    assert len(history) == 10 and "p.fc1.n3.p2" in history.columns and "p.heads.n0.p3" in history.columns
+    # the argmax tree's val loss, once, at the last epoch
+    assert len(ctx.curve("search/val_loss_argmax")) == 1
 
 
 def test_holdout_option_needs_and_uses_a_holdout_split(bench):
@@ -274,3 +390,61 @@ def test_holdout_option_needs_and_uses_a_holdout_split(bench):
 def test_warmup_longer_than_search_is_refused(bench):
     with pytest.raises(ValueError, match="warmup_epochs"):
         LearnToBranch(epochs=3, warmup_epochs=3).search(bench, Budget(None), LocalContext(bench))
+
+
+# ---------------------------------------------------------- search space
+def _logits_for(net, plan):
+    """Logits whose argmax tree is ``plan`` (the construction in can_express's docstring)."""
+    index = [{key: i for i, key in enumerate(plan.activations(level))} for level in range(plan.n_blocks)]
+    with torch.no_grad():
+        for q in net.arch_parameters():
+            q.zero_()
+        for level in range(1, plan.n_blocks):
+            for key, child in index[level].items():
+                net.logits[level - 1][child, index[level - 1][key[:-1]]] = 5.0
+        for i, task in enumerate(plan.tasks):
+            net.head_logits[i, index[-1][plan.prefix(task, plan.n_blocks - 1)]] = 5.0
+
+
+def test_the_space_yields_exactly_the_trees_can_express_accepts(bench):
+    names, blocks = bench.task_names, bench.backbone.block_names
+    groups = [sorted(t for t in names if bench.groups[t] == g) for g in sorted(set(bench.groups.values()))]
+    true_tree = Plan.from_partitions(names, blocks, [[names], groups, groups])
+    plans = [Plan.shared_bottom(names, blocks), Plan.independent(names, blocks), true_tree]
+    for widths in ([1, 2, 2], [1, 2, 4], [4, 4, 4]):
+        net = _net(bench, widths)
+        for plan in plans:
+            if can_express(widths, plan):
+                _logits_for(net, plan)
+                assert net.derive()[0] == plan, (widths, plan)
+        for seed in range(5):  # whatever the logits, the argmax tree is in the space
+            _randomise_logits(net, seed)
+            assert can_express(widths, net.derive()[0])
+    assert not can_express([1, 2, 4], Plan.independent(names, blocks))
+    assert not can_express([1, 1, 4], true_tree)
+    # pinned leaves: one node per task at the last block, so it cannot be shared
+    assert not can_express([1, 2, 4], true_tree, leaves="nodes")
+    assert grouping_depths([1, 2, 4], groups, leaves="nodes") == [1]
+    assert grouping_depths([1, 2, 4], groups) == [1, 2]
+
+
+def test_the_uncapped_variant_searches_every_tree_and_ignores_the_budget(bench):
+    cls = get_method_class("learn_to_branch_uncapped")
+    assert cls is LearnToBranchUncapped and not cls.budget_aware and LearnToBranch.budget_aware
+    names, blocks = bench.task_names, bench.backbone.block_names
+    capped = LearnToBranch().widths_for(bench, Budget(2.0))
+    uncapped = cls().widths_for(bench, Budget(2.0))
+    assert uncapped == [len(names)] * len(blocks)
+    assert can_express(uncapped, Plan.independent(names, blocks))
+    assert not can_express(capped, Plan.independent(names, blocks))
+    groups = [[t for t in names if bench.groups[t] == g] for g in sorted(set(bench.groups.values()))]
+    assert grouping_depths(uncapped, groups) == [0, 1, 2]
+    result = cls(epochs=2, warmup_epochs=1).search(bench, Budget(1.0), LocalContext(bench))
+    assert result.cost["supernet_backbone_params"] == len(names) * sum(bench.backbone.block_params)
+
+
+def test_without_any_choice_there_are_no_logit_steps(bench):
+    # 1.0x: one node per block, so every child has one parent and the heads one node
+    result = LearnToBranch(epochs=3, warmup_epochs=1).search(bench, Budget(1.0), LocalContext(bench))
+    assert result.plan == Plan.shared_bottom(bench.task_names, bench.backbone.block_names)
+    assert result.cost["logit_steps"] == 0 and result.cost["commitment"] == 1.0

@@ -1,4 +1,4 @@
-"""Learn-to-Branch (Guo, Lee & Ulbricht, ICML 2020): a differentiable tree of nodes.
+"""Learn-to-Branch (Guo, Lee & Ulbricht, ICML 2020; arXiv 2006.01895): a differentiable tree of nodes.
 
 The supernet has, at block ``l`` of the backbone, ``K_l`` nodes (sets of that
 block's weights). Every node at block ``l+1`` (a *child*) has learnable logits
@@ -12,7 +12,11 @@ are trained through the trainer (the logits by an
 the temperature is annealed. After search each child and head keeps its argmax
 parent (no noise); a task's path is read from its head up to the root, giving a
 tree :class:`~branchbench.core.plan.Plan`; nodes no task reaches are dropped.
-The cell function retrains that plan from scratch.
+The cell function retrains that plan from scratch, as the paper does for its
+final performance. (We could not retrieve the paper's text here to quote it;
+*paraphrase, not a quotation*: the final tree is selected by the argmax of the
+branching distributions, without noise, and trained from scratch for the
+reported performance.)
 
 **The heads are the leaves** (``leaves="heads"``, the default). The paper's
 tree ends in a final layer of task-specific nodes, one per task, each choosing
@@ -43,6 +47,18 @@ the largest) and least useful one. On the default synthetic data (block
 parameters 560, 304, 304, 304; 9 tasks) the widths are ``[1, 3, 3, 4]`` at 2.5x
 and ``[1, 7, 7, 8]`` at 5x. ``widths="1,3,3,3"`` sets them by hand (checked
 against the cap).
+
+**The search space, and its uncapped variant.** :func:`can_express` says
+whether widths can yield a given tree (exactly when the tree uses at most
+``K_l`` nodes at every block), :func:`grouping_depths` at which blocks they can
+yield a tree that recovers a given grouping (e.g. the true one); reports call
+them with :meth:`LearnToBranch.widths_for`. ``learn_to_branch_uncapped``
+(:class:`LearnToBranchUncapped`) searches ``K_l = T`` at every block, where
+every tree is expressible; it is not budget-aware (one run per seed; its rows
+report the parameters of the tree it finds), so it shows what the budget-derived
+widths cost the search. On the default synthetic data the true-group tree
+(3 groups from the second block on) is expressible at 2.5x (``[1, 3, 3, 4]``:
+recovery possible at blocks 1-3) and at 5x, independent networks only uncapped.
 
 **Fusion** follows :class:`~branchbench.core.net.BranchedNet`'s rule
 (:func:`~branchbench.core.net.fuse_rule`): a block's ``K_l`` nodes run as one
@@ -81,7 +97,15 @@ reference implementation (the authors released none we could find):
   held-out option), so a search step is two forward/backward passes of the
   supernet. The search cost reports the counted figures:
   ``block_evals_per_weight_step = sum_l K_l``, likewise per logit step, and
-  ``block_evals_per_search_step = 2 sum_l K_l``.
+  ``block_evals_per_search_step = 2 sum_l K_l``. Each backward pass computes
+  only what its optimiser uses (the hook sets the supernet's ``phase``): a
+  logit step runs the nodes and heads with their weights not requiring grad,
+  so autograd back-propagates through the activations only (the first block
+  records nothing), and a weight step detaches the logits. The gradients are
+  the same as a full backward pass's (tested). A child with a single parent
+  (``K_0 = 1``) takes that parent's output with weight exactly 1, without a
+  sample; where no child or head has a choice (one node per block) there are
+  no logit steps.
 * **Logit data**: ``logit_data="train"`` by default, since the paper trains
   both end to end on one objective. ``"holdout"`` (a held-out part of the
   train split, DARTS-style) is an option; in the earlier study it gave a
@@ -97,13 +121,40 @@ reference implementation (the authors released none we could find):
   with the previous (uncapped, one-node-per-task) supernet; the sweep's
   learn_to_branch numbers are therefore not a held-out evaluation of them.
 * The supernet is trained without early stopping, so the logits at the end of
-  search (not those of the best validation epoch) define the architecture; in
-  eval mode after warm-up the supernet runs its argmax tree, so its validation
-  loss curve is that of the architecture it would return.
-* Diagnostics (not used by the search): when the benchmark knows the true
-  groups, the within-group minus between-group *co-sharing probability* per
-  block is logged (the exact probability that two tasks' sampled paths meet at
-  that block, by dynamic programming over the parent distributions).
+  search (not those of the best validation epoch) define the architecture.
+* **Validation is the noiseless relaxation** of the network being trained: in
+  eval mode a child mixes its parents by ``softmax(theta / tau)`` (the argmax
+  one-hot with ``hard`` samples, which train sampled trees, so that option still
+  steps when the uniform warm-up ends). Version 1 evaluated the argmax tree from
+  the first search epoch on, and the validation loss jumped when the warm-up
+  ended (a user saw 0.38 to 5.6): until the logits commit, every node has been
+  trained only inside mixtures (the warm-up's uniform average, then near-uniform
+  samples at ``tau = 5``), so a child fed a single parent's output sees inputs
+  it was never trained on. On digits (uncapped, 30 warm-up epochs of 34) the
+  validation loss went from 0.48 to 12.3; after the same warm-up alone, uniform
+  mixing gave 0.56, the argmax tree of the still-zero logits 15.4, and 13.6 with
+  its BatchNorm statistics recomputed on that tree, so the mixture mismatch, not
+  BatchNorm, is most of it. The default synthetic cell (2.5x) went from 8.28 to
+  9.22. Now the last warm-up epoch and the first search epoch evaluate the same
+  network (zero logits give uniform weights at any temperature): 0.48 to 0.50 on
+  that digits run, 8.28 to 7.98 on the synthetic cell. As the temperature falls
+  and the logits commit the relaxation becomes the argmax tree;
+  ``search/val_loss_argmax`` (the returned tree's validation loss) is logged
+  once at the end, so the two can be compared.
+* Diagnostics (not used by the search), per epoch: ``commitment.min`` and
+  ``commitment.mean`` (top-parent probability of the children the argmax tree
+  depends on) and ``commitment.<level>`` (that level's smallest), so a user
+  sees when the tree was decided, with ``tree_changed`` (1 when the argmax tree,
+  up to relabelling, differs from the previous epoch's) and ``ltb/tau``; when
+  the benchmark knows the true groups, the within-group minus between-group
+  *co-sharing probability* per block (``ltb/coshare_gap.<block>``: the exact
+  probability that two tasks' sampled paths meet at that block, by dynamic
+  programming over the parent distributions). Every ``p(parent | child)`` per
+  epoch goes to the ``branching_history.csv`` artifact, not to the metrics
+  (version 1 logged them all: 73 values a epoch at 2.5x on the default
+  synthetic data, 197 at 5x, 337 uncapped, where now 11 or 12). The cost
+  reports the final ``commitment``, ``commitment_min`` and ``tree_final_epoch``
+  (from which epoch on the argmax tree did not change).
 
 **Differences from the paper**: the paper's widths are hand-set per experiment;
 here they derive from the budget cap so that every derivable tree fits the cap
@@ -120,10 +171,11 @@ temperature schedule, the warm-up and the logits' initialisation are our choices
 where the paper gives no public code. The paper's backbone blocks are
 convolutional layers; here any :class:`~branchbench.core.backbones.Backbone`,
 and search-time BatchNorm statistics of non-fusable blocks are shared across the
-sampled trees (each node keeps its own). The final network is retrained from
-scratch by the cell function (the suite's rule), where the paper fine-tunes.
+sampled trees (each node keeps its own).
 
-**Measured** (``python scripts/ltb_study.py --seeds 5 --budgets 2.5 5.0
+**Measured with version 1** (the search's algorithm and defaults are unchanged
+in version 2, but its random streams differ, so these exact numbers are not
+reproduced; ``python scripts/ltb_study.py --seeds 5 --budgets 2.5 5.0
 --workers 2``: every cell through ``run_cell``, default options, default
 synthetic data (9 tasks in 3 groups), the sweep's budgets, one thread per cell;
 4 minutes on 2 shared cores). ARI of each block's partition (fc0..fc3) against
@@ -157,17 +209,23 @@ same-group tasks belong together, but at 2.5x (three nodes per block, exactly
 the true tree's count) the partitions mix groups (ARI 0.27-0.64), and at 5x the
 deepest block splits groups further (ARI fc3 0.30-0.65) while fc1 recovers in 2
 seeds. Recovery was not the target of any tuning here (the defaults come from
-the earlier uncapped study; see above). Search step time (``benchmarks/
-test_bench_learn_to_branch.py``, CPU, 1 thread, batch 128, plain loop): a
-weight step plus a logit step take 3.7 + 2.5 ms at 2.5x, 5.5 + 3.5 ms at 5x and
-7.3 + 4.5 ms uncapped, against 1.6 ms for a shared-bottom step (3.8x, 5.5x and
-7.2x).
+the earlier uncapped study; see above).
+
+**Search step time** (``python -m pytest benchmarks/test_bench_learn_to_branch.py
+--benchmark-enable -s``; the issue's setting: 6 tasks, batch 128, one thread,
+CPU time, the search step and a shared-bottom step alternating in one process):
+a search step (weight step plus logit step) takes 2.86x a shared-bottom step at
+2.5x (widths ``[1, 3, 3, 4]``), 4.3x at 5x (``[3, 6, 6, 6]``) and 4.7x uncapped;
+version 1's supernet, timed side by side in the same way, took 3.64x, 5.2x and
+5.65x. What remains is the weight step (1.8x a shared-bottom step at 2.5x):
+11 node evaluations instead of 4, and the trainer's Adam, whose CPU loop runs
+per parameter tensor, over twice as many tensors.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -180,7 +238,7 @@ from branchbench.core.method import Method, Option, SearchResult
 from branchbench.core.net import export_state, fuses_siblings, run_stacked
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
-from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
+from branchbench.core.trainer import ExtraOptimizer, FitState, Hook, default_loss
 
 
 # --------------------------------------------------------------------- widths
@@ -249,8 +307,72 @@ def parse_widths(text: str, n_blocks: int) -> list[int] | None:
     return widths
 
 
-# ------------------------------------------------------------------- supernet
+# ---------------------------------------------------------------- feasibility
 LEAVES = ("heads", "nodes")
+
+
+def can_express(widths: Sequence[int], plan: Plan, leaves: str = "heads") -> bool:
+    """Whether a supernet of these widths can return ``plan`` (up to node relabelling).
+
+    A tree is in the search space exactly when it uses at most ``K_l`` nodes at
+    every block ``l``: number its distinct activations at each block
+    ``0..n_l-1``, let every child pick the node of its activation's prefix and
+    every head its task's last node. With ``leaves="nodes"`` and
+    ``K_{L-1} = T`` the heads are pinned one to a last-block node, so the tree
+    must end in one node per task. Plans with skips, or a node reached by two
+    paths, are never in it.
+
+    >>> tasks, blocks = ["a", "b", "c"], ["b0", "b1"]
+    >>> can_express([1, 3], Plan.independent(tasks, blocks)), can_express([3, 3], Plan.independent(tasks, blocks))
+    (False, True)
+    """
+    if leaves not in LEAVES:
+        raise ValueError(f"learn_to_branch: leaves={leaves!r} is not one of {LEAVES}")
+    if len(widths) != plan.n_blocks:
+        raise ValueError(f"{len(widths)} widths for a plan of {plan.n_blocks} blocks; give one per block")
+    if not plan.is_tree:
+        return False
+    counts = [len(plan.partition(level)) for level in range(plan.n_blocks)]
+    n_tasks = len(plan.tasks)
+    if leaves == "nodes" and widths[-1] == n_tasks and counts[-1] != n_tasks:
+        return False
+    return all(n <= k for n, k in zip(counts, widths, strict=True))
+
+
+def grouping_depths(widths: Sequence[int], groups: Sequence[Iterable[str]], leaves: str = "heads") -> list[int]:
+    """The blocks ``d`` at which a supernet of these widths can return a tree that recovers ``groups``.
+
+    ``groups`` is a partition of the tasks (e.g. the true grouping). A tree
+    recovers it at block ``d`` when block ``d``'s partition equals it and every
+    deeper one refines it; the one with the fewest nodes at every block shares
+    blocks ``0..d-1`` and keeps the groups to the end (one node per task at the
+    last block with pinned ``"nodes"`` leaves), so ``d`` is feasible exactly when
+    :func:`can_express` accepts that tree. An empty list: the search space cannot
+    recover the grouping at any block.
+
+    >>> grouping_depths([1, 3, 3, 4], [{"a", "b"}, {"c", "d"}, {"e", "f"}])
+    [1, 2, 3]
+    >>> grouping_depths([1, 2, 2, 4], [{"a", "b"}, {"c", "d"}, {"e", "f"}])
+    [3]
+    """
+    parts = [sorted(group) for group in groups]
+    tasks = [task for group in parts for task in group]
+    n = len(widths)
+    blocks = [f"b{level}" for level in range(n)]
+    pinned = leaves == "nodes" and widths[-1] == len(tasks)
+    depths = []
+    for depth in range(n):
+        partitions = [[tasks]] * depth + [parts] * (n - depth)
+        if pinned:
+            if depth == n - 1 and len(parts) < len(tasks):
+                continue  # the last block's partition is one task per node, never the groups
+            partitions[-1] = [[task] for task in tasks]
+        if can_express(widths, Plan.from_partitions(tasks, blocks, partitions), leaves):
+            depths.append(depth)
+    return depths
+
+
+# ------------------------------------------------------------------- supernet
 
 
 class BranchingSupernet(nn.Module):
@@ -260,9 +382,15 @@ class BranchingSupernet(nn.Module):
     ``logits[l-1]`` is ``(K_l, K_{l-1})`` (children x parents). With
     ``leaves="heads"`` every task head has logits over the last block's nodes;
     with ``leaves="nodes"`` the last block has one node per task (heads choose
-    only if ``K_{L-1} != T``). ``tau``, ``hard`` and ``uniform`` are set by the
-    search's hook; ``noise`` (a list of tensors shaped like the logits) fixes the
-    Gumbel noise for tests. ``fuse=None`` follows BranchedNet's rule
+    only if ``K_{L-1} != T``). ``tau``, ``hard``, ``uniform`` and ``phase`` are set
+    by the search's hook; ``noise`` (a list of tensors shaped like the logits) fixes
+    the Gumbel noise for tests. ``phase`` says which parameters the next backward
+    pass serves: ``"weights"`` (the logits are detached), ``"logits"`` (the nodes'
+    and heads' weights take no gradient, see :meth:`forward`) or ``None`` (both).
+    In eval mode the supernet runs its training-mode relaxation without noise
+    (``softmax(theta / tau)``; the argmax one-hot with ``hard`` samples), or the
+    argmax tree that :meth:`derive` returns when ``eval_argmax``.
+    ``fuse=None`` follows BranchedNet's rule
     (:func:`~branchbench.core.net.fuse_rule`: vmap only on CUDA, fusable blocks,
     at least ``FUSE_MIN_SIBLINGS_CUDA`` nodes); True/False force it.
     ``block_evals`` counts node evaluations (``sum_l K_l`` per forward pass).
@@ -294,7 +422,13 @@ class BranchingSupernet(nn.Module):
         self.hard = True
         self.uniform = False
         self.noise: list[Tensor] | None = None
+        self.phase: str | None = None
+        self.eval_argmax = False
         self.block_evals = 0
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The nodes' and heads' parameters (everything but the branching logits)."""
+        return [*self.nodes.parameters(), *self.heads.parameters()]
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.logits) + ([self.head_logits] if self.head_logits is not None else [])
@@ -308,17 +442,23 @@ class BranchingSupernet(nn.Module):
         return [torch.softmax(q.detach(), dim=-1) for q in self.all_logits()]
 
     def _mixing(self, index: int, logits: Tensor) -> Tensor:
-        """Children x parents weights of one level: a Gumbel sample, or argmax in eval mode.
+        """Children x parents weights of one level: a Gumbel sample in train mode.
 
+        In eval mode the same relaxation without noise (or the argmax one-hot when
+        ``eval_argmax``), so the validation curve is that of the network being
+        trained: it meets the argmax tree as the temperature falls and the logits
+        commit, instead of jumping when the warm-up ends (see the module doc).
         While ``uniform`` (the warm-up) children average their parents in train
-        *and* eval mode, so the warm-up's validation curve is that of the network
-        being trained, not of the argmax of still-zero logits.
+        *and* eval mode.
         """
         if self.uniform:
             return torch.full_like(logits, 1.0 / logits.shape[-1])
         if not self.training:
-            return gumbel_softmax(logits, 1.0, noise=torch.zeros_like(logits), hard=True)
+            zeros = torch.zeros_like(logits)
+            return gumbel_softmax(logits, self.tau, noise=zeros, hard=self.hard or self.eval_argmax)
         noise = self.noise[index] if self.noise is not None else None
+        if self.phase == "weights":  # a weight step discards the logits' gradients: build none
+            logits = logits.detach()
         return gumbel_softmax(logits, self.tau, noise=noise, hard=self.hard)
 
     def fused(self, level: int, device: torch.device | str) -> bool:
@@ -329,23 +469,54 @@ class BranchingSupernet(nn.Module):
             return self.fuse
         return fuses_siblings(self.backbone.blocks[level], device, self.widths[level])
 
-    def _run_block(self, level: int, inputs: Tensor, shared: bool) -> Tensor:
-        """All ``K_l`` nodes of block ``level``: (K_l, B, ...) out; a loop, or one vmap (``fused``)."""
+    def _run_block(self, level: int, inputs: Tensor | list[Tensor]) -> list[Tensor]:
+        """All ``K_l`` nodes of block ``level``, on one shared input (a Tensor) or one input each
+        (a list); a loop, or one vmap (``fused``)."""
         nodes = self.nodes[level]
         self.block_evals += len(nodes)
-        if self.fused(level, inputs.device):
-            return run_stacked(list(nodes), inputs, shared_input=shared)
-        return torch.stack([m(inputs if shared else inputs[k]) for k, m in enumerate(nodes)])
+        shared = isinstance(inputs, Tensor)
+        if self.fused(level, (inputs if shared else inputs[0]).device):
+            stacked = inputs if shared else torch.stack(inputs)
+            return list(run_stacked(list(nodes), stacked, shared_input=shared).unbind(0))
+        return [m(inputs if shared else inputs[k]) for k, m in enumerate(nodes)]
+
+    def _mix(self, index: int, logits: Tensor, outs: list[Tensor]) -> Tensor | list[Tensor]:
+        """The children's inputs ``x_c = sum_p d_cp * Y_p``: one per child, or the one shared
+        parent output when there is a single parent (its weight is exactly 1, its gradient 0,
+        so no sample is drawn)."""
+        if len(outs) == 1:
+            return outs[0]
+        mix = self._mixing(index, logits).to(outs[0].dtype)
+        stacked = torch.stack(outs)
+        mixed = (mix @ stacked.flatten(1)).view(mix.shape[0], *stacked.shape[1:])
+        return list(mixed.unbind(0))  # one unbind, not a select per child: a cheaper backward
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out = self._run_block(0, x, shared=True)
+        if self.phase != "logits":
+            return self._forward(x)
+        # a logit step needs gradients through the activations only: with the weights
+        # not requiring grad, autograd records no weight-gradient work (and none at all
+        # for the first block, whose input needs no gradient either)
+        weights = [q for q in self.weight_parameters() if q.requires_grad]
+        for q in weights:
+            q.requires_grad_(False)
+        try:
+            return self._forward(x)
+        finally:
+            for q in weights:
+                q.requires_grad_(True)
+
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
+        outs = self._run_block(0, x)
         for level in range(1, len(self.widths)):
-            mix = self._mixing(level - 1, self.logits[level - 1]).to(out.dtype)
-            out = self._run_block(level, torch.einsum("cp,p...->c...", mix, out), shared=False)
+            outs = self._run_block(level, self._mix(level - 1, self.logits[level - 1], outs))
         if self.head_logits is not None:
-            mix = self._mixing(len(self.logits), self.head_logits).to(out.dtype)
-            out = torch.einsum("tp,p...->t...", mix, out)
-        return {task: self.heads[task](out[i]) for i, task in enumerate(self.task_names)}
+            leaves = self._mix(len(self.logits), self.head_logits, outs)
+        else:
+            leaves = outs
+        if isinstance(leaves, Tensor):
+            leaves = [leaves] * len(self.task_names)
+        return {task: self.heads[task](leaves[i]) for i, task in enumerate(self.task_names)}
 
     # ----------------------------------------------------------- derivation
     def paths(self) -> dict[str, list[int]]:
@@ -417,10 +588,60 @@ def coshare_gap(probs: Sequence[Tensor], widths: Sequence[int], task_names: Sequ
     return [mean(within, level) - mean(between, level) for level in range(len(widths))]
 
 
+# ----------------------------------------------------------------- commitment
+def _child_level_names(blocks: Sequence[str], has_head_logits: bool) -> list[str]:
+    return list(blocks[1:]) + (["heads"] if has_head_logits else [])
+
+
+def _used_children(net: BranchingSupernet) -> list[list[int]]:
+    """Per child level, the children on some task's argmax path (the ones the tree depends on)."""
+    paths = list(net.paths().values())
+    used = [sorted({path[level] for path in paths}) for level in range(1, len(net.widths))]
+    if net.head_logits is not None:
+        used.append(list(range(len(paths))))
+    return used
+
+
+def commitment(net: BranchingSupernet, blocks: Sequence[str]) -> dict[str, float]:
+    """How decided the argmax tree is: top-parent probabilities of the children it depends on.
+
+    ``commitment.<level>`` is the smallest top-parent probability among that
+    child level's children on some task's argmax path (levels whose children
+    have a single parent make no choice and are left out); ``commitment.min``
+    and ``commitment.mean`` are the smallest and the mean over all of them. Near
+    1 the tree no longer depends on the noise; ``1 / K`` is undecided.
+    """
+    out: dict[str, float] = {}
+    tops: list[Tensor] = []
+    names = _child_level_names(blocks, net.head_logits is not None)
+    for name, p, used in zip(names, net.probabilities(), _used_children(net), strict=True):
+        if p.shape[1] < 2:
+            continue
+        top = p.max(dim=-1).values[used]
+        out[f"commitment.{name}"] = float(top.min())
+        tops.append(top)
+    every = torch.cat(tops) if tops else torch.ones(1)
+    out["commitment.min"] = float(every.min())
+    out["commitment.mean"] = float(every.mean())
+    return out
+
+
+def probability_row(net: BranchingSupernet, blocks: Sequence[str]) -> dict[str, float]:
+    """Every ``p(parent | child)`` as ``p.<level>.n<child>.p<parent>`` (the history artifact's columns)."""
+    names = _child_level_names(blocks, net.head_logits is not None)
+    return {f"p.{name}.n{c}.p{q}": float(p[c, q])
+            for name, p in zip(names, net.probabilities(), strict=True)
+            for c in range(p.shape[0]) for q in range(p.shape[1])}
+
+
 # ----------------------------------------------------------------------- hook
 class _BranchingHook(Hook):
-    """Anneals the temperature, switches warm-up off, logs branching probabilities per epoch,
-    and counts the supernet's block evaluations and steps per phase (``weights`` / ``branching``)."""
+    """Anneals the temperature, switches warm-up off, tells the supernet which step runs
+    (so each backward computes only the gradients its optimiser uses), logs a compact
+    commitment curve per epoch (every probability goes to the history artifact), and
+    counts the supernet's block evaluations and steps per phase (``weights`` / ``branching``)."""
+
+    PHASES = {"weights": "weights", "branching": "logits"}
 
     def __init__(self, net: BranchingSupernet, schedule: TemperatureSchedule, warmup_epochs: int,
                  groups: dict[str, int] | None, blocks: Sequence[str]) -> None:
@@ -432,6 +653,8 @@ class _BranchingHook(Hook):
         self.history: list[dict[str, float]] = []
         self.evals: dict[str, int] = {}
         self.steps: dict[str, int] = {}
+        self.tree: dict[str, list[int]] | None = None  # last epoch's argmax tree (canonical)
+        self.tree_since = 0  # the epoch from which the argmax tree has not changed
         self._evals_at_start = 0
 
     def on_step_start(self, fit: FitState, phase: str) -> None:
@@ -440,51 +663,35 @@ class _BranchingHook(Hook):
         done = fit.step - self.warmup * fit.steps_per_epoch
         self.net.uniform = fit.epoch < self.warmup
         self.net.tau = self.schedule(done / total)
+        self.net.phase = self.PHASES.get(phase)
 
     def on_step_end(self, fit: FitState, phase: str, loss: float) -> None:
+        self.net.phase = None
         self.evals[phase] = self.evals.get(phase, 0) + self.net.block_evals - self._evals_at_start
         self.steps[phase] = self.steps.get(phase, 0) + 1
 
     def on_epoch_end(self, fit: FitState, logs: dict[str, float]) -> None:
-        row = branching_metrics(self.net, self.blocks, self.groups)
-        row["ltb/tau"] = self.net.tau
+        plan = Plan(self.net.task_names, self.blocks, self.net.paths()).canonical()
+        tree = {task: list(ids) for task, ids in plan.nodes.items()}
+        changed = self.tree is not None and tree != self.tree
+        if changed:
+            self.tree_since = fit.epoch
+        self.tree = tree
+        row = {"ltb/tau": self.net.tau, **commitment(self.net, self.blocks), "tree_changed": float(changed)}
+        if self.groups is not None:
+            gaps = coshare_gap(self.net.probabilities(), self.net.widths, self.net.task_names, self.groups)
+            row.update({f"ltb/coshare_gap.{block}": gap for block, gap in zip(self.blocks, gaps, strict=True)})
         logs.update(row)
-        self.history.append({"epoch": fit.epoch, **row})
+        self.history.append({"epoch": fit.epoch, **row, **probability_row(self.net, self.blocks)})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "evals": self.evals, "steps": self.steps}
+        return {"history": self.history, "evals": self.evals, "steps": self.steps, "tree": self.tree,
+                "tree_since": self.tree_since}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
         self.evals, self.steps = dict(state.get("evals", {})), dict(state.get("steps", {}))
-
-
-def _child_level_names(blocks: Sequence[str], has_head_logits: bool) -> list[str]:
-    return list(blocks[1:]) + (["heads"] if has_head_logits else [])
-
-
-def branching_metrics(net: BranchingSupernet, blocks: Sequence[str], groups: dict[str, int] | None) -> dict[str, float]:
-    """Per child level: every p(parent | child), the smallest top-parent probability (of all
-    children and of those some task reaches), and per block the co-sharing gap."""
-    probs = net.probabilities()
-    paths = list(net.paths().values())
-    reached = [sorted({path[level] for path in paths}) for level in range(1, len(blocks))]
-    if net.head_logits is not None:
-        reached.append(list(range(len(paths))))
-    out: dict[str, float] = {}
-    names = _child_level_names(blocks, net.head_logits is not None)
-    for name, p, used in zip(names, probs, reached, strict=True):
-        for c in range(p.shape[0]):
-            for q in range(p.shape[1]):
-                out[f"ltb/p.{name}.n{c}.p{q}"] = float(p[c, q])
-        top = p.max(dim=-1).values
-        out[f"ltb/min_top_prob.{name}"] = float(top.min())
-        # children on some task's argmax path: the ones the architecture depends on
-        out[f"ltb/min_top_prob_used.{name}"] = float(top[used].min())
-    if groups is not None:
-        for block, gap in zip(blocks, coshare_gap(probs, net.widths, net.task_names, groups), strict=True):
-            out[f"ltb/coshare_gap.{block}"] = gap
-    return out
+        self.tree, self.tree_since = state.get("tree"), state.get("tree_since", 0)
 
 
 # --------------------------------------------------------------------- method
@@ -494,6 +701,9 @@ class LearnToBranch(Method):
     name = "learn_to_branch"
     budget_aware = True
     tags = frozenset({"search", "stochastic"})
+    # 2: each backward computes only its step's gradients, a single parent is not sampled
+    # (other random streams than version 1), eval runs the noiseless relaxation
+    version = 2
     options = {
         "widths": Option("auto", "'auto' (from the budget cap) or one node count per block, e.g. '1,3,9,9'"),
         "max_width": Option(0, "largest K_l with widths='auto' (0 = number of tasks)", low=0),
@@ -516,6 +726,7 @@ class LearnToBranch(Method):
     check_options = {"warmup_epochs": 1}
 
     def widths_for(self, bench, budget) -> list[int]:
+        """The supernet's ``K_l`` for ``bench`` at ``budget`` (the search space; see :func:`can_express`)."""
         backbone = bench.backbone
         given = parse_widths(self.params["widths"], len(backbone.blocks))
         cap = budget.cap(backbone)
@@ -553,13 +764,26 @@ class LearnToBranch(Method):
             start_epoch=p["warmup_epochs"],
             data=p["logit_data"],
         )
-        holdout = p["holdout_fraction"] if p["logit_data"] == "holdout" else 0.0
-        fit = ctx.trainer("search", protocol).fit(
-            net, bench, hooks=[hook], extra=[extra], holdout_fraction=holdout, early_stopping=False
-        )
+        # children with a single parent have nothing to choose: with no choice anywhere (one
+        # node per block, e.g. at 1.0x or with one task) there are no logit steps at all
+        choice = any(q.shape[-1] > 1 for q in net.arch_parameters())
+        if not choice:
+            for q in net.arch_parameters():
+                q.requires_grad_(False)  # not trained, and not handed to the weight optimiser
+        holdout = p["holdout_fraction"] if choice and p["logit_data"] == "holdout" else 0.0
+        trainer = ctx.trainer("search", protocol)
+        fit = trainer.fit(net, bench, hooks=[hook], extra=[extra] if choice else [], holdout_fraction=holdout,
+                          early_stopping=False)
+        # the val curve is the relaxed supernet's; once at the end, the argmax tree's (what is returned)
+        net.eval_argmax = True
+        val_argmax, _ = trainer.evaluate_loss(net, bench, bench.splits["val"].to(trainer.device),
+                                              default_loss(bench.tasks))
+        net.eval_argmax = False
+        ctx.log_metrics({"search/val_loss_argmax": val_argmax}, step=fit.epochs_run - 1)
         net.to("cpu").eval()
         plan, init_state = net.derive()
         probs = net.probabilities()
+        final = commitment(net, blocks)
         tables = {
             name: {"children": [f"n{c}" for c in range(q.shape[0])], "parents": [f"n{k}" for k in range(q.shape[1])],
                    "p": [[round(float(v), 6) for v in row] for row in q]}
@@ -569,7 +793,7 @@ class LearnToBranch(Method):
 
         artifacts: dict[str, Any] = {
             "branching_probabilities.json": {"widths": widths, "levels": tables, "paths": net.paths()},
-            "derived_tree.png": plan.draw(title="learn_to_branch: argmax tree", groups=bench.groups),
+            "derived_tree.png": plan.draw(title=f"{self.name}: argmax tree", groups=bench.groups),
             "branching_history.csv": pd.DataFrame(hook.history),
         }
         n_params = sum(q.numel() for q in net.parameters())
@@ -588,6 +812,28 @@ class LearnToBranch(Method):
             "logit_steps": float(logit_steps),
             "epochs": float(fit.epochs_run),
             "seconds": fit.seconds,
+            # how decided the returned tree was, and from which epoch on it did not change
+            "commitment": final["commitment.mean"],
+            "commitment_min": final["commitment.min"],
+            "tree_final_epoch": float(hook.tree_since),
         }
         return SearchResult(plan=plan, cost=cost, artifacts=artifacts, init_state=init_state)
+
+
+class LearnToBranchUncapped(LearnToBranch):
+    """Learn-to-Branch over every tree: one node per task at every block, whatever the budget.
+
+    Not budget-aware (the runner runs it once per seed, and its rows report the
+    parameters the found tree uses, from shared-bottom's to independent
+    networks'): the search space before the budget-derived widths, beside which
+    ``learn_to_branch`` is read. Same algorithm, options and results version.
+    """
+
+    name = "learn_to_branch_uncapped"
+    budget_aware = False
+    options = {k: v for k, v in LearnToBranch.options.items() if k not in ("widths", "max_width")}
+
+    def widths_for(self, bench, budget) -> list[int]:
+        """``K_l = T`` at every block: every tree over the tasks is in the space (budget ignored)."""
+        return derive_widths(bench.backbone.block_params, len(bench.tasks), math.inf, leaves=self.params["leaves"])
 
