@@ -296,12 +296,12 @@ def read_attributes(path: Path, csv: bool) -> tuple[list[str], list[str], np.nda
     if not csv and count != len(names):
         _fail(path, 1, f"says {count} images but the file lists {len(names)}",
               "restore the file, or correct the count on its first line")
-    raw = np.array(tokens, dtype="<U3")
+    raw = np.array(tokens, dtype=str)
     positive, negative = raw == "1", raw == "-1"
     bad = ~(positive | negative)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        _fail(path, numbers[row], f"value {raw[row, col]!r} for {header[col]} of {names[row]} is not -1 or 1",
+        _fail(path, numbers[row], f"value {str(raw[row, col])!r} for {header[col]} of {names[row]} is not -1 or 1",
               "attribute values are -1 (absent) or 1 (present)")
     return names, header, positive.astype(np.uint8), np.asarray(numbers, dtype=np.int64)
 
