@@ -273,10 +273,11 @@ def read_attributes(path: Path, csv: bool) -> tuple[list[str], list[str], np.nda
     if not header:
         _fail(path, header_line, "names no attributes", "use the file as distributed")
     names: list[str] = []
-    tokens: list[list[str]] = []
+    flags: list[list[bool]] = []
     numbers: list[int] = []
     seen: dict[str, int] = {}
     width = len(header) + 1
+    valid = {"1", "-1"}
     for index in range(first, len(lines)):
         lineno = index + 1
         parts = lines[index].split(",") if csv else lines[index].split()
@@ -288,22 +289,20 @@ def read_attributes(path: Path, csv: bool) -> tuple[list[str], list[str], np.nda
         if name in seen:
             _fail(path, lineno, f"lists {name} again (first on line {seen[name]})", "list each image once")
         seen[name] = lineno
+        values = [t.strip() for t in parts[1:]] if csv else parts[1:]
+        if not valid.issuperset(values):
+            col = next(i for i, t in enumerate(values) if t not in valid)
+            _fail(path, lineno, f"value {values[col]!r} for {header[col]} of {name} is not -1 or 1",
+                  "attribute values are -1 (absent) or 1 (present)")
         names.append(name)
-        tokens.append([t.strip() for t in parts[1:]] if csv else parts[1:])
+        flags.append([t == "1" for t in values])
         numbers.append(lineno)
     if not names:
         _fail(path, first + 1, "lists no images", "use the file as distributed")
     if not csv and count != len(names):
         _fail(path, 1, f"says {count} images but the file lists {len(names)}",
               "restore the file, or correct the count on its first line")
-    raw = np.array(tokens, dtype=str)
-    positive, negative = raw == "1", raw == "-1"
-    bad = ~(positive | negative)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        _fail(path, numbers[row], f"value {str(raw[row, col])!r} for {header[col]} of {names[row]} is not -1 or 1",
-              "attribute values are -1 (absent) or 1 (present)")
-    return names, header, positive.astype(np.uint8), np.asarray(numbers, dtype=np.int64)
+    return names, header, np.array(flags, dtype=np.uint8), np.asarray(numbers, dtype=np.int64)
 
 
 def read_partition(path: Path, csv: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
