@@ -45,9 +45,11 @@ normalisation, no augmentation. Sources:
   the same ``tf.image.resize(..., [64, 64])``, saved once and fed from memory
   (``datasets/celeb_a.py``).
 
-``tf.image.resize`` defaults to bilinear with half-pixel centres and no
-antialiasing; :func:`resize_bilinear` computes exactly that in NumPy (Pillow's
-own bilinear resize antialiases when shrinking, which would blur differently).
+``tf.image.resize`` defaults to bilinear without antialiasing, which TensorFlow
+runs as ``gen_image_ops.resize_bilinear(images, size, half_pixel_centers=True)``
+(``resize_images_v2`` in ``tensorflow/python/ops/image_ops_impl.py``);
+:func:`resize_bilinear` computes exactly that in NumPy (Pillow's own bilinear
+resize antialiases when shrinking, which would blur differently).
 Differences: images are decoded by Pillow (libjpeg-turbo), not TensorFlow's
 decoder, and stored rounded to uint8 (TF keeps floats): both change a pixel
 by at most a few levels of 255.
