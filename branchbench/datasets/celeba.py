@@ -74,8 +74,9 @@ is all 40 with ``backbone="resnet18"``
 (:func:`~branchbench.core.backbones.resnet18_backbone`, nine branch points).
 Metrics: per-attribute ``error`` (1 - accuracy, the main metric; lower is
 better), accuracy and AUC; :func:`total_error` sums the errors in percent,
-the "total error" of TAG's and DMTG's tables (DMTG ``utils/metric_utils.py``
-lines 3-5: ``100 * (n_task - sum(acc))``).
+the "Total Error" DMTG's ``test.py`` reports (``utils/metric_utils.py`` lines
+3-5: ``100 * (n_task - sum(acc))``); DMTG's "Normalized Gain" (lines 7-13) is
+Δm with ``error`` as the main metric.
 
 **Training protocol** (:meth:`CelebA.protocol`), from the reference code:
 
@@ -103,8 +104,9 @@ yet; asked for): the trainer's SGD is Nesterov (TAG: "DO NOT apply Nesterov");
 the schedule is cosine over the 100 epochs instead of halving every 15 (the
 trainer's ``step`` schedule divides by 10 at thirds); the suite's patience
 counts epochs since the best so far, so it stops no earlier than TAG's rule.
-For ``celeba40`` we found no public reference code of Learn-to-Branch's or
-Vandenhende et al.'s CelebA training, so the same protocol is used.
+For ``celeba40`` neither Learn-to-Branch's nor Vandenhende et al.'s CelebA
+training code or protocol could be read, so the same protocol is used, and the
+ResNet-18 (at 64x64, TAG's stem) is our choice of "a ResNet-18-style network".
 """
 
 from __future__ import annotations
