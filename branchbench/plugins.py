@@ -55,6 +55,7 @@ BUILTIN_DATASETS = {
     "synthetic": "branchbench.datasets.synthetic:Synthetic",
     "digits": "branchbench.datasets.digits:Digits",
     "npz": "branchbench.datasets.npz:NpzDataset",
+    "celeba": "branchbench.datasets.celeba:CelebA",
 }
 
 

@@ -108,8 +108,8 @@ def test_out_of_range_values_are_refused(store, capsys, extra, needles):
 def test_unknown_names_and_unmet_needs_are_refused(store, capsys):
     refused(capsys, run_args(store, method="no_such_method"), "unknown method 'no_such_method'")
     refused(capsys, run_args(store, dataset="digits", method="oracle_tree"), "known task grouping")
-    refused(capsys, run_args(store, method="learn_to_branch", *FAST, "--set=method.warmup_epochs=5",
-                             "--set=method.epochs=5"), "warmup_epochs", "epochs")
+    conflict = run_args(store, *FAST, "--set=method.warmup_epochs=5", "--set=method.epochs=5", method="learn_to_branch")
+    refused(capsys, conflict, "warmup_epochs", "epochs")
     assert runs_in(store) == 0
 
 

@@ -351,3 +351,153 @@ def dense_backbone(
         _dense_head(c_prev, (height, width), decoder_width),
         convolutional=True,
     )
+
+
+# -------------------------------------------------- CelebA (TAG / ResNet-18)
+class PooledStem(nn.Module):
+    """3x3 convolution, BatchNorm, ReLU, then 3x3 max-pooling with stride 2 (no padding).
+
+    The stem of TAG's CelebA network (``conv1_1``, ``bn1_1``, ``MaxPooling2D((3,3),
+    strides=(2,2))``), which DMTG's reference reproduces in PyTorch
+    (``nn.MaxPool2d(3, 2)``): 64x64 inputs become 31x31 maps.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.pool = nn.MaxPool2d(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.bn(self.conv(x))))
+
+
+def _pooled_size(size: int) -> int:
+    return (size - 3) // 2 + 1
+
+
+def _xavier(module: nn.Module) -> nn.Module:
+    """Glorot-uniform weights and zero biases, as TAG (``glorot_uniform``) and DMTG (``xavier_uniform_``)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def _kaiming(module: nn.Module) -> nn.Module:
+    """He-normal (fan_out) convolutions and unit BatchNorm scales, as torchvision's ResNet."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def _stem_shortcut(c_in: int, c_out: int) -> nn.Module:
+    """A skipped stem: a 1x1 projection and the same pooling, so shapes still match."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.MaxPool2d(3, 2)
+    )
+
+
+def tag_celeba_backbone(image_size: int = 64, width: int = 64, in_channels: int = 3) -> Backbone:
+    """TAG's CelebA network (Fifty et al., NeurIPS 2021), also DMTG's (Gao et al., ICML 2024).
+
+    From ``google-research/tag/celeba/CelebA.ipynb`` (class ``ResNet18`` and
+    ``AttributeDecoder``) and DMTG's ``models/resnet.py`` (``ResNet18``,
+    ``ResNet18Base`` / ``ResNet18Group``) with ``models/decoders.py``
+    (``AttributeDecoderNoDrop``, ``in_channel: 14400 = 64*15*15``):
+
+    * block ``stem``: conv 3x3 (64, stride 1, no bias), BatchNorm, ReLU, max-pool
+      3x3 stride 2: 64x64 -> 31x31;
+    * block ``res1``: one residual basic block of 64 channels, stride 1 (identity
+      shortcut);
+    * head, per task: average-pool 2x2 (31 -> 15), flatten (64*15*15 = 14400),
+      one linear layer.
+
+    Two branch points, as in DMTG's CelebA configs: branching after the stem
+    (``resnet_base`` shared, ``resnet_group`` per group: the ``*_shared`` configs)
+    or at the input (``simple_resnet`` per group). Weights are Glorot-uniform as
+    in both references. The heads here have one logit (binary cross-entropy)
+    where the references have two (softmax cross-entropy over two classes): the
+    same model class, parametrised once.
+    """
+    pooled = _pooled_size(image_size)
+    if pooled < 2:
+        raise ValueError(f"image_size={image_size} is too small for the TAG network; give at least 8")
+    out = pooled // 2
+    w = width
+    blocks = [
+        BlockSpec(
+            name="stem",
+            make=lambda: _xavier(PooledStem(in_channels, w)),
+            in_shape=(in_channels, image_size, image_size),
+            out_shape=(w, pooled, pooled),
+            make_shortcut=lambda: _xavier(_stem_shortcut(in_channels, w)),
+        ),
+        BlockSpec(
+            name="res1",
+            make=lambda: _xavier(ResidualBlock(w, w, 1)),
+            in_shape=(w, pooled, pooled),
+            out_shape=(w, pooled, pooled),
+        ),
+    ]
+
+    def head(task: TaskSpec) -> nn.Module:
+        return _xavier(nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(w * out * out, task.n_outputs)))
+
+    return Backbone(f"tag_celeba{w}", (in_channels, image_size, image_size), blocks, head, convolutional=True)
+
+
+def resnet18_backbone(image_size: int = 64, width: int = 64, in_channels: int = 3) -> Backbone:
+    """A ResNet-18 for small images: TAG's stem, then 4 stages of 2 basic blocks.
+
+    Stages have ``width * (1, 2, 4, 8)`` channels (64-512 at the default), the
+    first block of stages 2-4 halves the resolution with a projected (1x1 conv +
+    BatchNorm) shortcut, and each head is global average pooling and a linear
+    layer (torchvision's ``resnet18`` layout). The stem is TAG's (3x3 conv,
+    stride 1, then 3x3 max-pool, stride 2) rather than ImageNet's 7x7/2 conv and
+    max-pool, which would leave 2x2 maps at 64x64 input: 64 -> 31 -> 16 -> 8 -> 4.
+    So TAG's CelebA network is exactly this network's first two blocks.
+
+    Nine branch points: ``stem`` and ``res<stage><a|b>`` for each basic block.
+    He-normal initialisation as torchvision's ResNet.
+    """
+    size = _pooled_size(image_size)
+    if size < 1:
+        raise ValueError(f"image_size={image_size} is too small for the ResNet-18; give at least 8")
+    blocks = [
+        BlockSpec(
+            name="stem",
+            make=lambda: _kaiming(PooledStem(in_channels, width)),
+            in_shape=(in_channels, image_size, image_size),
+            out_shape=(width, size, size),
+            make_shortcut=lambda: _kaiming(_stem_shortcut(in_channels, width)),
+        )
+    ]
+    c_prev = width
+    for stage, mult in enumerate((1, 2, 4, 8), start=1):
+        c = width * mult
+        for j, suffix in enumerate("ab"):
+            stride = 2 if (stage > 1 and j == 0) else 1
+            out_size = (size + stride - 1) // stride
+            shortcut = None
+            if c_prev != c or stride != 1:
+                shortcut = (lambda a, b, s: lambda: _kaiming(_projection(a, b, s)))(c_prev, c, stride)
+            blocks.append(
+                BlockSpec(
+                    name=f"res{stage}{suffix}",
+                    make=(lambda a, b, s: lambda: _kaiming(ResidualBlock(a, b, s)))(c_prev, c, stride),
+                    in_shape=(c_prev, size, size),
+                    out_shape=(c, out_size, out_size),
+                    make_shortcut=shortcut,
+                )
+            )
+            c_prev, size = c, out_size
+    return Backbone(
+        f"resnet18_{width}", (in_channels, image_size, image_size), blocks, _spatial_head(c_prev), convolutional=True
+    )

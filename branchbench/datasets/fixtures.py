@@ -328,3 +328,129 @@ def dense_benchmark(
         protocol=protocol,
         groups={t: DENSE_FIXTURE_GROUPS[t] for t in names},
     )
+
+
+# ------------------------------------------------------------------ CelebA
+CELEBA_LAYOUTS = ("plain", "torchvision", "csv")
+CELEBA_NOISE_ATTRIBUTE = "Attractive"
+"""Pure noise in the fixture: drawn at random, independent of the pixels (so are the
+other attributes the fixture does not draw)."""
+
+_HAIR = {"Black_Hair": (25, 20, 20), "Blond_Hair": (235, 205, 95), "Brown_Hair": (125, 70, 30)}
+
+
+def celeba_fixture_labels(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Labels (booleans) of the 40 attributes for ``n`` fixture faces.
+
+    Drawn in the pixels, in correlated groups: hair colour (exactly one of
+    Black/Blond/Brown_Hair, a third each); a beard group tied to a latent sex
+    (5_o_Clock_Shadow, Goatee, Mustache only on "male" faces; No_Beard is
+    "none of the three"), Rosy_Cheeks (mostly on the other faces), and
+    Wearing_Hat. Every other attribute, :data:`CELEBA_NOISE_ATTRIBUTE` among
+    them, is a fair coin independent of the image.
+    """
+    from branchbench.datasets.celeba import CELEBA_ATTRIBUTES
+
+    rng = np.random.default_rng(seed)
+    labels = {name: rng.random(n) < 0.5 for name in CELEBA_ATTRIBUTES}
+    hair = rng.integers(0, 3, n)
+    for k, name in enumerate(_HAIR):
+        labels[name] = hair == k
+    male = rng.random(n) < 0.5
+    labels["Male"] = male
+    labels["Mustache"] = male & (rng.random(n) < 0.6)
+    labels["Goatee"] = male & (rng.random(n) < 0.5)
+    labels["5_o_Clock_Shadow"] = male & (rng.random(n) < 0.5)
+    labels["No_Beard"] = ~(labels["Mustache"] | labels["Goatee"] | labels["5_o_Clock_Shadow"])
+    labels["Rosy_Cheeks"] = rng.random(n) < np.where(male, 0.1, 0.6)
+    labels["Wearing_Hat"] = rng.random(n) < 0.35
+    return labels
+
+
+def draw_celeba_face(attrs: Mapping[str, bool], rng: np.random.Generator):
+    """A 178x218 cartoon face whose drawn attributes are large uniform shapes (they survive 64x64)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (178, 218), tuple(int(c) for c in rng.integers(60, 200, 3)))
+    draw = ImageDraw.Draw(image)
+    dx, dy = (int(v) for v in rng.integers(-5, 6, 2))
+    cx, cy = 89 + dx, 120 + dy
+    hair = next(c for name, c in _HAIR.items() if attrs[name])
+    draw.ellipse((cx - 62, cy - 95, cx + 62, cy + 10), fill=hair)
+    skin = tuple(int(c) for c in rng.integers((180, 140, 110), (235, 190, 160)))
+    draw.ellipse((cx - 50, cy - 60, cx + 50, cy + 75), fill=skin)
+    for side in (-1, 1):
+        draw.ellipse((cx + side * 20 - 6, cy - 25, cx + side * 20 + 6, cy - 15), fill=(30, 30, 60))
+    if attrs["Rosy_Cheeks"]:
+        for side in (-1, 1):
+            draw.ellipse((cx + side * 30 - 15, cy - 4, cx + side * 30 + 15, cy + 24), fill=(250, 50, 110))
+    if attrs["5_o_Clock_Shadow"]:
+        for side in (-1, 1):
+            x0, x1 = sorted((cx + side * 22, cx + side * 48))
+            draw.rectangle((x0, cy + 28, x1, cy + 62), fill=(70, 80, 120))
+    if attrs["Mustache"]:
+        draw.rectangle((cx - 28, cy + 24, cx + 28, cy + 38), fill=(45, 30, 25))
+    if attrs["Goatee"]:
+        draw.rectangle((cx - 16, cy + 52, cx + 16, cy + 78), fill=(60, 40, 30))
+    if attrs["Wearing_Hat"]:
+        draw.rectangle((cx - 70, 0, cx + 70, cy - 70), fill=(30, 60, 210))
+    pixels = np.asarray(image).astype(np.int16) + rng.integers(-8, 9, (218, 178, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_celeba_fixture(
+    root: str | Path,
+    layout: str = "plain",
+    n: int = 300,
+    seed: int = 0,
+    split: tuple[float, float, float] = (0.5, 0.25, 0.25),
+) -> Path:
+    """Write a small CelebA in one of the accepted layouts (real JPEGs, real file formats); return root.
+
+    ``layout`` is ``"plain"`` (files in ``root``), ``"torchvision"`` (under
+    ``root/celeba``) or ``"csv"`` (the CSV copy, images in
+    ``img_align_celeba/img_align_celeba``). Partitions are assigned at random in
+    the ``split`` proportions (each at least one image). Labels come from
+    :func:`celeba_fixture_labels`.
+    """
+    from branchbench.datasets.celeba import CELEBA_ATTRIBUTES
+
+    if layout not in CELEBA_LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {CELEBA_LAYOUTS}")
+    if n < 3:
+        raise ValueError("a CelebA fixture needs at least 3 images (one per split)")
+    root = Path(root)
+    base = root / "celeba" if layout == "torchvision" else root
+    images = base / "img_align_celeba"
+    if layout == "csv":
+        images = images / "img_align_celeba"
+    images.mkdir(parents=True, exist_ok=True)
+    labels = celeba_fixture_labels(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        draw_celeba_face({a: bool(v[i]) for a, v in labels.items()}, rng).save(images / name, quality=90)
+    counts = np.maximum(1, np.floor(np.asarray(split) * n).astype(int))
+    counts[0] = n - counts[1] - counts[2]
+    partition = rng.permutation(np.repeat([0, 1, 2], counts))
+    values = np.stack([np.where(labels[a], 1, -1) for a in CELEBA_ATTRIBUTES], axis=1)
+    if layout == "csv":
+        rows = [",".join(["image_id", *CELEBA_ATTRIBUTES])]
+        rows += [",".join([name, *map(str, values[i])]) for i, name in enumerate(names)]
+        (base / "list_attr_celeba.csv").write_text("\n".join(rows) + "\n")
+        rows = ["image_id,partition"] + [f"{name},{p}" for name, p in zip(names, partition, strict=True)]
+        (base / "list_eval_partition.csv").write_text("\n".join(rows) + "\n")
+    else:
+        rows = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
+        rows += [name + "".join(f" {v:2d}" for v in values[i]) for i, name in enumerate(names)]
+        (base / "list_attr_celeba.txt").write_text("\n".join(rows) + "\n")
+        rows = [f"{name} {p}" for name, p in zip(names, partition, strict=True)]
+        (base / "list_eval_partition.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_celeba(directory: str | Path) -> dict[str, Any]:
+    """The conformance tests' options for dataset ``celeba``: a 48-image fixture at 16x16."""
+    directory = Path(directory)
+    root = write_celeba_fixture(directory / "celeba_fixture", n=48)
+    return {"root": str(root), "cache_dir": str(directory / "cache"), "resolution": 16, "width": 8, "workers": 1}

@@ -234,7 +234,7 @@ from torch import Tensor, nn
 from branchbench.core.backbones import Backbone
 from branchbench.core.budget import BudgetError
 from branchbench.core.gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
-from branchbench.core.method import Method, Option, SearchResult
+from branchbench.core.method import Method, Option, OptionError, SearchResult
 from branchbench.core.net import export_state, fuses_siblings, run_stacked
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
@@ -741,19 +741,25 @@ class LearnToBranch(Method):
             )
         return given
 
+    def search_epochs(self, protocol) -> int:
+        """Epochs of the search: ``epochs``, else ``epoch_factor`` x the protocol's."""
+        return self.params["epochs"] or max(1, round(protocol.epochs * self.params["epoch_factor"]))
+
+    def check_cell(self, protocol, task_names) -> None:
+        epochs = self.search_epochs(protocol)
+        if self.params["warmup_epochs"] >= epochs:
+            raise OptionError(
+                f"{self.owner}: warmup_epochs={self.params['warmup_epochs']} leaves no search in its "
+                f"{epochs} search epochs; lower warmup_epochs or raise epochs (or epoch_factor)"
+            )
+
     def search(self, bench, budget, ctx) -> SearchResult:
         p = self.params
         widths = self.widths_for(bench, budget)
         net = BranchingSupernet(bench.backbone, bench.tasks, widths, leaves=p["leaves"])
         net.hard = p["hard"]
-        protocol = bench.protocol
-        epochs = p["epochs"] or max(1, round(protocol.epochs * p["epoch_factor"]))
-        protocol = protocol.replace(epochs=epochs)
-        if p["warmup_epochs"] >= protocol.epochs:
-            raise ValueError(
-                f"learn_to_branch: warmup_epochs={p['warmup_epochs']} leaves no search in "
-                f"{protocol.epochs} epochs; lower warmup_epochs or raise epochs"
-            )
+        self.check_cell(bench.protocol, bench.task_names)
+        protocol = bench.protocol.replace(epochs=self.search_epochs(bench.protocol))
         schedule = TemperatureSchedule(p["tau_schedule"], p["tau_start"], p["tau_end"])
         blocks = bench.backbone.block_names
         hook = _BranchingHook(net, schedule, p["warmup_epochs"], bench.groups, blocks)
