@@ -115,14 +115,15 @@ class Tracking:
         check_uri(self.uri)
         self.root = local_root(self.uri)
         _prepare_folder(self.uri, self.root)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
         db = sqlite_path(self.uri)
         try:
-            if db is not None:
-                with locked(db.with_name(db.name + ".create.lock")):
+            if db is not None:  # MLflow creates and migrates the schema when the client first opens the file
+                with locked(self.checkpoint_root / "store-create.lock"):
+                    self.client = MlflowClient(tracking_uri=self.uri)
                     self.experiment_id = self._experiment(experiment)
             else:
+                self.client = MlflowClient(tracking_uri=self.uri)
                 self.experiment_id = self._experiment(experiment)
         except TrackingError:
             raise

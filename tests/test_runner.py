@@ -243,3 +243,105 @@ def test_ray_executor_without_ray_is_a_clear_error(tmp_path, capsys, monkeypatch
     assert main(["sweep", str(config), "--executor", "ray", "--tracking-uri", default_uri(tmp_path)]) == 2
     assert "pip install 'branchbench[ray]'" in capsys.readouterr().err
     assert not (tmp_path / DB_NAME).exists()
+
+
+# ----------------------------------------------------------------- identity
+def test_bumping_a_methods_version_reruns_only_its_cells(template_db, tmp_path, monkeypatch):
+    from branchbench.baselines.shared_bottom import SharedBottom
+
+    cfg = load_config(write_config(tmp_path / "sweep.toml", ["shared_bottom", "random_tree"], seeds=(0,)))
+    tracking = Tracking(fresh_store(template_db, tmp_path / "store"))
+    first = run_sweep(cfg, tracking)
+    assert {r.status for r in first.results} == {"finished"}
+    monkeypatch.setattr(SharedBottom, "version", SharedBottom.version + 1)
+    again = run_sweep(cfg, tracking)
+    status = {r.cell.method: r.status for r in again.results}
+    assert status == {"independent": "skipped", "random_tree": "skipped", "shared_bottom": "finished"}
+    versions = sorted(r.data.tags["bb.method_version"] for r in cell_runs(tracking)
+                      if r.data.tags["bb.method"] == "shared_bottom")
+    assert versions == ["1", "2"]
+
+
+def test_named_instances_of_one_kind_and_method_variants_in_one_sweep(template_db, tmp_path):
+    from branchbench.datasets.fixtures import write_npz_fixture
+
+    a = write_npz_fixture(tmp_path / "a.npz", n=120, seed=0)
+    b = write_npz_fixture(tmp_path / "b.npz", n=120, seed=1)
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        "[sweep]\nname='heldout'\nseeds=[0]\nbudgets=[2.0]\n[protocol]\nepochs=2\nbatch_size=32\nthreads=1\n"
+        f"[datasets.heldout_a]\nkind='npz'\npath='{a}'\nwidth=8\ndepth=2\n"
+        f"[datasets.heldout_b]\nkind='npz'\npath='{b}'\nwidth=8\ndepth=2\n"
+        "[methods.shared_bottom]\n[methods.rt_wide]\nkind='random_tree'\n"
+    )
+    tracking = Tracking(fresh_store(template_db, tmp_path / "store"))
+    result = run_sweep(load_config(config), tracking)
+    assert result.exit_status == 0, [r.error for r in result.failed]
+    names = sorted(r.info.run_name for r in cell_runs(tracking))
+    assert names == sorted(f"heldout_{x}-{m}" for x in "ab" for m in ("independent-s0", "shared_bottom-s0",
+                                                                       "rt_wide-b2-s0"))
+    assert {r.data.tags["bb.dataset_kind"] for r in cell_runs(tracking)} == {"npz"}
+    assert main(["report", "--parent", result.parent_run_id, "--tracking-uri", tracking.uri,
+                 "--reports-dir", str(tmp_path / "reports")]) == 0
+    for name in ("heldout_a", "heldout_b"):
+        text = (tmp_path / "reports" / name / "report.md").read_text()
+        assert "rt_wide" in text and "shared_bottom" in text
+
+
+def test_a_report_rebuilt_from_a_copy_of_the_store_without_the_registry_is_the_same(
+        template_db, tmp_path, monkeypatch):
+    from branchbench.reports.build import build_reports
+
+    cfg = load_config(write_config(tmp_path / "sweep.toml", ["shared_bottom", "random_tree", "oracle_tree"],
+                                   seeds=(0,)))
+    store = tmp_path / "store"
+    tracking = Tracking(fresh_store(template_db, store))
+    parent = run_sweep(cfg, tracking).parent_run_id
+    build_reports(tracking, parent, tmp_path / "original", log=False)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    shutil.rmtree(store)  # the copy alone: the original's artifacts are gone
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError("a report imported a method or dataset")
+
+    for name in ("get_method_class", "get_dataset_class", "create_method", "create_dataset", "list_methods"):
+        monkeypatch.setattr(plugins, name, unavailable)
+    rebuilt = Tracking(default_uri(copy))
+    build_reports(rebuilt, parent, tmp_path / "rebuilt", log=False)
+    original = sorted(p.relative_to(tmp_path / "original") for p in (tmp_path / "original").rglob("*.*"))
+    assert original == sorted(p.relative_to(tmp_path / "rebuilt") for p in (tmp_path / "rebuilt").rglob("*.*"))
+    for path in original:
+        if path.suffix in (".md", ".csv", ".tex"):
+            assert (tmp_path / "rebuilt" / path).read_text() == (tmp_path / "original" / path).read_text(), path
+    text = (tmp_path / "rebuilt" / "synthetic" / "report.md").read_text()
+    assert "tmp" not in text and str(tmp_path) not in text  # no path of the machine that made it
+
+
+def test_run_retrains_a_users_plan_file(template_db, tmp_path, capsys):
+    import json
+
+    plan = {"version": 1, "tasks": ["t0", "t1", "t2", "t3"], "blocks": ["fc0", "fc1"],
+            "nodes": {"t0": [0, 0], "t1": [0, 0], "t2": [0, 1], "t3": [0, 1]}}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    uri = fresh_store(template_db, tmp_path / "store")
+    data = [f"--set=dataset.{k}={v}" for k, v in
+            dict(tasks=4, groups=2, input_dim=8, n_train=64, n_val=32, n_test=32, width=4, depth=2).items()]
+    args = ["run", "--dataset", "synthetic", "--plan", str(path), "--tracking-uri", uri, *data,
+            "--set=protocol.epochs=2"]
+    assert main(args) == 0, capsys.readouterr().err
+    tracking = Tracking(uri)
+    [run] = tracking.runs("tags.`bb.method` = 'fixed_plan'")
+    assert run.info.status == "FINISHED"
+    from branchbench.core.plan import Plan
+
+    assert Plan.from_dict(tracking.load_json(run.info.run_id, "plan.json")) == Plan.from_dict(plan)
+    plan["nodes"]["t3"] = [0, 0]  # another plan is another cell
+    path.write_text(json.dumps(plan))
+    assert main(args) == 0
+    assert len(tracking.runs("tags.`bb.method` = 'fixed_plan'")) == 2
+    path.write_text(json.dumps({**plan, "tasks": ["a", "b"], "nodes": {"a": [0, 0], "b": [0, 1]}}))
+    assert main(args) == 2
+    assert "differ from the dataset's" in capsys.readouterr().err
