@@ -117,12 +117,55 @@ def test_paired_refuses_several_datasets_in_one_holm_family():
 
 def test_table_headers_name_the_procedures_and_n(runs):
     summary_text = tables.summary_header(tables.summary(toy(runs)))
-    for needle in ("n = 2–3 runs", "1 data seed", "two-stage bootstrap", "9999 resamples", "sample std"):
+    for needle in ("n = 2–3 runs", "1 data seed", "two-stage bootstrap", "9999 resamples", "sample std",
+                   "Every row has one data seed", "about 75% of the time with 3 training seeds"):
         assert needle in summary_text
-    paired_text = tables.paired_header(tables.paired(toy(runs)))
+    assert "99 resamples" in tables.summary_header(tables.summary(toy(runs), n_resamples=99))
+    paired_text = tables.paired_header(tables.paired(toy(runs), n_resamples=99))
     for needle in ("n = 2–3 pairs", "scipy.stats.ttest_rel", "Holm step-down over the m = 3", "exact",
-                   "Wilcoxon", "Cohen's d_z", "(data seed, training seed)"):
+                   "Wilcoxon", "Cohen's d_z", "(data seed, training seed)", "unpaired", "paired runs only",
+                   "99 resamples", "this dataset's paired table", "5 or fewer non-zero differences",
+                   "Read a difference as supported only when both agree"):
         assert needle in paired_text
+
+
+def many_data_seeds(data_seeds: int) -> pd.DataFrame:
+    """learn_to_branch and random_tree at budget 2 on ``data_seeds`` data seeds x 2 training seeds."""
+    rows = [(m, "2", d, s, 1.0 * d + s + (m == "random_tree")) for m in ("learn_to_branch", "random_tree")
+            for d in range(data_seeds) for s in range(2)]
+    return pd.DataFrame(rows, columns=["method", "budget", "tags.bb.data_seed", "seed", "metrics.delta_m"])
+
+
+def test_coverage_notes_are_printed_for_the_rows_that_need_them_only():
+    many = many_data_seeds(10)
+    assert "in simulation" not in tables.summary_header(tables.summary(many, n_resamples=99))
+    assert "in simulation" not in tables.paired_header(tables.paired(many, n_resamples=99))
+    few = many_data_seeds(3)
+    mixed = pd.concat([many[many["method"] == "learn_to_branch"], few[few["method"] == "random_tree"]])
+    text = tables.summary_header(tables.summary(mixed, n_resamples=99))
+    assert "Row random_tree @ 2 has 2–9 data seeds" in text and "83% with 4" in text
+    assert "one data seed" not in text
+
+
+def test_paired_counts_unpaired_runs_and_labels_other_values():
+    frame = many_data_seeds(2)
+    frame.loc[(frame["method"] == "random_tree") & (frame["tags.bb.data_seed"] == 1), "metrics.delta_m"] = np.nan
+    frame["metrics.params"] = 100.0 + frame["seed"]
+    table = tables.paired(frame, n_resamples=99)
+    assert table.loc[0, ["n", "unpaired_method", "unpaired_control"]].tolist() == [2, 2, 2]
+    assert (table.loc[0, "wins"], table.loc[0, "ties"], table.loc[0, "losses"]) == (0, 0, 2)
+    params = tables.format_paired(tables.paired(frame, value="metrics.params", n_resamples=99))
+    assert {"method params", "control params"} <= set(params.columns) and "Δm (%)" not in " ".join(params.columns)
+    assert params.loc[0, "wins/ties/losses"] == "0/4/0" and params.loc[0, "n (W)"] == 0
+
+
+def test_summary_cells_from_fewer_runs_show_their_n():
+    frame = many_data_seeds(2).assign(**{"metrics.params": 10.0})
+    frame.loc[0, "metrics.params"] = np.nan
+    formatted = tables.format_summary(tables.summary(frame, n_resamples=99))
+    assert formatted.loc[("learn_to_branch", "2"), "params"].endswith("(n = 3)")
+    assert "(n =" not in formatted.loc[("random_tree", "2"), "params"]
+    assert "(n =" not in formatted.loc[("learn_to_branch", "2"), "Δm (%)"]
 
 
 def test_grouping_recovery_matches_golden(runs, plans):
@@ -155,7 +198,9 @@ def test_report_files_name_commit_hash_and_parent(runs, plans, tmp_path):
     assert {"report.md", "summary.csv", "summary.tex", "paired.md", "grouping.csv", "pareto_params.png",
             "pareto_flops.png", "pareto_latency.png", "task_gains.png", "trees.png"} <= files
     text = (tmp_path / "toy" / "report.md").read_text()
-    for needle in ("abc123", "sweephash", "parent123", "learn_to_branch: lr=0.01", "+15.00 ± 5.00"):
+    for needle in ("abc123", "sweephash", "parent123", "learn_to_branch: lr=0.01", "+15.00 ± 5.00",
+                   tables.summary_header(report.tables["summary"][0]),
+                   tables.paired_header(report.tables["paired"][0]), "## Learned methods vs their controls"):
         assert needle in text
     assert "elsewhere" not in text
     numbers = pd.read_csv(tmp_path / "toy" / "summary.csv")

@@ -98,13 +98,16 @@ def dataset_report(
 
 def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetReport) -> str:
     parts = [f"# branchbench report: {dataset}", "", *header.lines(), f"- cells: {len(runs)} finished runs", ""]
-    parts += ["Every value is the mean ± sample std over seeds (n seeds); Δm is the mean signed relative",
-              "gain (%) of each task's main test metric over the independent networks of the same seed.",
+    summary = report.tables["summary"][0]
+    parts += ["## Methods and budgets", "", tables.summary_header(summary) if len(summary) else "No runs.",
               "Latency: one forward pass at batch 1. Search / retrain: wall seconds.", "",
-              "## Methods and budgets", "", to_markdown(report.tables["summary"][1]), ""]
-    parts += ["## Learned methods vs random_tree (paired by seed, same budget)", ""]
-    paired = report.tables["paired"][1]
-    parts += [to_markdown(paired) if not paired.empty else "No learned method in this sweep.", ""]
+              to_markdown(report.tables["summary"][1]), ""]
+    parts += ["## Learned methods vs their controls (paired on data seed and training seed)", ""]
+    numbers, paired = report.tables["paired"]
+    if paired.empty:
+        parts += ["No learned method with a control in this sweep.", ""]
+    else:
+        parts += [tables.paired_header(numbers), "", to_markdown(paired), ""]
     if "grouping" in report.tables:
         parts += ["## Grouping recovery (known task groups)", "",
                   "ARI of each block's partition of tasks against the truth; recovered: seeds whose plan",

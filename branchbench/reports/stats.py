@@ -8,19 +8,26 @@ the same (data seed, training seed) keys. Pure numpy/scipy/pandas.
 
 Procedures and their references:
 
-- :func:`hierarchical_bootstrap_ci`: two-stage (cluster) bootstrap of a mean,
-  percentile interval. Davison & Hinkley (1997), *Bootstrap Methods and their
-  Application*, sec. 3.8 ("hierarchical data"), their strategy 1: resample the
-  top-level units with replacement, then, within each drawn unit, its members
-  with replacement. See also Field & Welsh (2007), "Bootstrapping clustered
-  data", JRSS B 69(3), 369-390. Written by hand: ``scipy.stats.bootstrap``
-  resamples one level only.
+- :func:`hierarchical_bootstrap_ci`: two-stage bootstrap of a mean, percentile
+  interval: resample the data seeds with replacement, then, within each drawn
+  data seed, its runs with replacement (Davison & Hinkley 1997, *Bootstrap
+  Methods and their Application*, sec. 3.8, "strategy 1"). This is not the
+  scheme the references prefer: D&H (sec. 3.8) and Ren et al. (2010),
+  "Nonparametric bootstrapping for hierarchical data", J. Appl. Statist.
+  37(9), 1487-1498, prefer resampling data seeds only and keeping each one's
+  runs as they are (strategy 2, the cluster bootstrap), and Field & Welsh
+  (2007), "Bootstrapping clustered data", JRSS B 69(3), 369-390, prove
+  consistency for that scheme, not for this one. We resample both levels
+  because strategy 2 is degenerate with 1-3 data seeds (zero width with one),
+  at the cost of an inflated within-seed variance (see the function).
+  Written by hand: ``scipy.stats.bootstrap`` resamples one level only.
 - :func:`paired_comparison`: ``scipy.stats.ttest_rel`` (two-sided) and the exact
-  ``scipy.stats.wilcoxon`` signed-rank test (Wilcoxon 1945; Hollander, Wolfe &
-  Chicken 2014, *Nonparametric Statistical Methods*, sec. 3.1), with Cohen's
-  d_z, the mean difference over the standard deviation of the differences
-  (Cohen 1988, *Statistical Power Analysis*, ch. 2; Lakens 2013, Front.
-  Psychol. 4:863).
+  Wilcoxon signed-rank test (Wilcoxon 1945; Hollander, Wolfe & Chicken 2014,
+  *Nonparametric Statistical Methods*, sec. 3.1), its null distribution
+  conditional on tied ranks counted here (scipy's ``method="exact"`` ignores
+  ties), with Cohen's d_z, the mean difference over the standard deviation of
+  the differences (Cohen 1988, *Statistical Power Analysis*, ch. 2; Lakens
+  2013, Front. Psychol. 4:863).
 - :func:`holm`: Holm (1979), "A simple sequentially rejective multiple test
   procedure", Scand. J. Statist. 6, 65-70, as adjusted p-values (Wright 1992,
   "Adjusted P-values for simultaneous inference", Biometrics 48, 1005-1013).
@@ -35,10 +42,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-N_RESAMPLES = 9999  # scipy.stats.bootstrap's default
-# Above this many non-zero differences, an exact Wilcoxon with tied |differences| is not
-# enumerated (2**n sign patterns) and scipy's conservative rounding is used instead.
-MAX_ENUMERATED = 16
+N_RESAMPLES = 9999  # scipy.stats.bootstrap's default; (R + 1) * 0.025 = 250 is a whole order statistic
+DIGITS = 12  # paired differences are compared at this many significant digits of the paired values
+MAX_EXACT = 500  # above this many non-zero differences the Wilcoxon p is the normal approximation
 
 
 # -------------------------------------------------------------- bootstrap
@@ -56,37 +62,52 @@ def hierarchical_bootstrap_ci(
     One replicate: draw as many data seeds as there are, with replacement; for
     each drawn data seed draw as many of its training-seed values as it has,
     with replacement; the replicate is the mean of all drawn values (the pooled
-    mean, the same statistic as the table's mean). The interval is the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
-    replicates (Davison & Hinkley 1997, sec. 3.8, strategy 1).
+    mean, the same statistic as the table's mean). With unequal runs per data
+    seed the target is the run-weighted mean; a data seed that lost runs weighs
+    less. The interval is the (R + 1) alpha-th and (R + 1)(1 - alpha)-th of the
+    R sorted replicates, alpha = (1 - confidence) / 2 (Davison & Hinkley 1997's
+    rule for bootstrap quantiles; ``np.quantile(method="weibull")``): the 250th
+    and 9750th of 9999.
 
-    Why both stages: with one data seed the interval is the ordinary bootstrap
-    over training seeds; resampling data seeds only would give an interval of
-    zero width there and, with two or three data seeds, a nearly degenerate one.
-    The price: resampling within drawn clusters counts the within-data-seed
-    variance about twice (D&H sec. 3.8), so the interval is somewhat wider than
-    needed when training-seed noise dominates; when data-seed variance dominates
-    it is close to exact, and much wider than a bootstrap that pools all runs as
-    independent (which is what this guards against). With few data seeds, as
-    every percentile interval, it can still undercover.
+    Why both stages (D&H sec. 3.8, strategy 1, where they and Ren et al. 2010
+    prefer strategy 2, data seeds only; see the module docstring): with one data
+    seed the interval is the ordinary bootstrap over training seeds, where
+    strategy 2 has zero width, and with two or three data seeds strategy 2 is
+    nearly degenerate. The price, for a data seeds of b runs each with
+    between-seed variance s_b^2 and within-seed variance s_w^2: the replicates'
+    expected variance is (a-1)/a * s_b^2/a + [(a-1)/a + (b-1)/b] * s_w^2/(ab),
+    against the mean's s_b^2/a + s_w^2/(ab). The within-seed part is inflated
+    by up to 1 + (b-1)/b (about 1.6 with 3 training seeds), the between-seed
+    part shrunk by (a-1)/a. So the interval is wider than needed when
+    training-seed noise dominates and many data seeds are drawn, and narrower
+    when data-seed variance dominates and they are few; in every case much wider
+    than a bootstrap that pools all runs as independent (what this guards
+    against). With few data seeds, as every percentile interval, it undercovers
+    (figures: tables._interval_note, checked in tests/test_stats.py).
 
-    Rows with a NaN ``value`` are dropped. Fewer than two values give
-    ``(nan, nan)``: one observation has no spread to resample. Identical values
-    give ``(v, v)``. Deterministic for a fixed ``seed``. ``train_col`` is only
-    checked: one row per (data seed, training seed).
+    Rows with a NaN in ``value``, ``data_col`` or ``train_col`` are dropped.
+    Fewer than two values give ``(nan, nan)``: one observation has no spread to
+    resample. Values that are all equal give ``(v, v)`` exactly. Rows are sorted
+    by (data seed, training seed) first, so the interval does not depend on row
+    order; it is deterministic for a fixed ``seed``, and all intervals of a
+    report share seed 0. ``train_col`` is also checked: one row per (data seed,
+    training seed).
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    rows = frame[[data_col, train_col, value]].dropna(subset=[value])
+    rows = frame[[data_col, train_col, value]].dropna().sort_values([data_col, train_col], kind="stable")
     if rows.duplicated([data_col, train_col]).any():
         raise ValueError(f"hierarchical_bootstrap_ci: several rows per ({data_col}, {train_col}); "
                          "pass one value per data seed and training seed")
     if len(rows) < 2:
         return (math.nan, math.nan)
+    values = rows[value].to_numpy(float)
+    if np.ptp(values) == 0:
+        return (float(values[0]), float(values[0]))
     clusters = [group[value].to_numpy(float) for _, group in rows.groupby(data_col, sort=True)]
     replicates = _two_stage_means(clusters, n_resamples, np.random.default_rng(seed))
     alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha], method="weibull")
     return (float(low), float(high))
 
 
@@ -115,37 +136,46 @@ class PairedResult:
     d_z: float  # Cohen's d_z = mean_diff / sd_diff
     t_statistic: float
     t_p: float  # two-sided paired t-test
-    wilcoxon_n: int  # pairs left after dropping zero differences
+    wilcoxon_n: int  # pairs left after dropping zero differences (= wins + losses)
     wilcoxon_statistic: float  # sum of ranks of the positive differences (R+)
-    wilcoxon_p: float  # two-sided exact signed-rank test
+    wilcoxon_p: float  # two-sided exact signed-rank test, conditional on ties
+    wins: int = 0  # differences > 0, at DIGITS significant digits
+    ties: int = 0  # differences = 0, at DIGITS significant digits
+    losses: int = 0  # differences < 0, at DIGITS significant digits
 
 
 def paired_comparison(a: np.ndarray | pd.Series, b: np.ndarray | pd.Series) -> PairedResult:
     """Paired comparison of ``a`` with ``b`` (equal length, element i of each from the same seeds).
 
     Pairs with a NaN on either side are dropped. Tests are two-sided.
+    Differences are compared (zero, equal, sign) at ``DIGITS`` = 12 significant
+    digits of the largest paired value: they are rounded to multiples of
+    1e-12 * max|a, b| first, so differences equal but for floating-point
+    rounding count as equal, not as a spread of 1e-16 that would give t-test
+    p-values of 1e-30. Means, sds and the t-test use the unrounded values.
 
     - t-test: ``scipy.stats.ttest_rel(a, b)``, n - 1 degrees of freedom.
     - Wilcoxon signed-rank, exact null distribution. Zero differences are
       dropped before ranking (``zero_method="wilcox"``, Wilcoxon 1945's rule,
       as in most textbooks; Pratt's 1959 alternative ranks them first), so its
-      n is the number of non-zero differences.
-      Tied |differences| get average ranks; the exact p-value is then the
-      conditional one, by enumerating all 2**n sign patterns of those ranks
-      (Hollander, Wolfe & Chicken 2014, sec. 3.1, comment on ties; scipy's
-      ``PermutationMethod`` with every pattern). Without ties that equals
-      ``method="exact"``, which is used. Past ``MAX_ENUMERATED`` tied pairs
-      scipy's ``method="exact"`` is used as it is: the no-ties distribution
-      with the statistic rounded toward the null (conservative; scipy gh-19872).
-      With n <= 5 non-zero pairs no two-sided p-value falls below 0.0625.
+      n is the number of non-zero differences. Tied |differences| get average
+      ranks and the p-value is the exact conditional one (Hollander, Wolfe &
+      Chicken 2014, sec. 3.1, comment on ties), counted by
+      :func:`_signed_rank_p` for any n up to ``MAX_EXACT`` (above, scipy's
+      normal approximation with tie correction). scipy's ``method="exact"`` is
+      not used: with ties it applies the no-ties distribution, which is not
+      conservative (differences (-1, 5, 2, 5, 1, 1, 3): 0.047 against the exact
+      0.0625). With 5 or fewer non-zero differences no two-sided p-value falls
+      below 0.0625 (2 / 2**5); with fewer than 2 it is NaN, as the t-test's with
+      fewer than 2 pairs (one sign cannot be tested).
     - Cohen's d_z = mean(diff) / sd(diff, ddof=1) (= t / sqrt(n)), without the
       small-sample correction: Hedges' factor 1 - 3 / (4 (n - 1) - 1) would
       shrink it by 43% at n = 3 and 9% at n = 10, so read d_z from few pairs
       as an upper-leaning estimate.
 
-    Degenerate cases return NaN without warnings: fewer than two pairs (all
-    three); all differences equal (sd 0: t and d_z undefined; the Wilcoxon p is
-    still defined unless the differences are all zero).
+    Degenerate cases return NaN without warnings: fewer than two pairs (t, d_z
+    and Wilcoxon); all differences equal at 12 digits (sd about 0: t and d_z
+    undefined; the Wilcoxon p is still defined unless the differences are zero).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1:
@@ -154,31 +184,61 @@ def paired_comparison(a: np.ndarray | pd.Series, b: np.ndarray | pd.Series) -> P
     a, b = a[keep], b[keep]
     diff = a - b
     n = len(diff)
+    steps = _rounded(diff, a, b)
+    signs = dict(wins=int((steps > 0).sum()), ties=int((steps == 0).sum()), losses=int((steps < 0).sum()))
     nan = math.nan
+    w_n, w_stat, w_p = _wilcoxon(steps)
     if n < 2:
         mean = float(diff.mean()) if n else nan
-        return PairedResult(n, mean, nan, nan, nan, nan, int(np.count_nonzero(diff)), nan, nan)
+        return PairedResult(n, mean, nan, nan, nan, nan, w_n, w_stat, nan, **signs)
     mean, sd = float(diff.mean()), float(diff.std(ddof=1))
     t_stat = t_p = d_z = nan
-    if sd > 0:
+    if np.ptp(steps) > 0:
         test = stats.ttest_rel(a, b)
         t_stat, t_p, d_z = float(test.statistic), float(test.pvalue), mean / sd
-    w_n, w_stat, w_p = _wilcoxon(diff)
-    return PairedResult(n, mean, sd, d_z, t_stat, t_p, w_n, w_stat, w_p)
+    return PairedResult(n, mean, sd, d_z, t_stat, t_p, w_n, w_stat, w_p, **signs)
 
 
-def _wilcoxon(diff: np.ndarray) -> tuple[int, float, float]:
-    """(non-zero n, R+, exact two-sided p) of the signed-rank test; NaNs when nothing is left to rank."""
-    nonzero = diff[diff != 0]
+def _rounded(diff: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``diff`` in whole multiples of 10**-DIGITS times the largest |a|, |b| (exact in float64)."""
+    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)))
+    if scale == 0 or not math.isfinite(scale):
+        return diff.copy()
+    return np.rint(diff / (scale * 10.0**-DIGITS))
+
+
+def _wilcoxon(steps: np.ndarray) -> tuple[int, float, float]:
+    """(non-zero n, R+, two-sided p) of the signed-rank test of rounded differences; NaN p below 2."""
+    nonzero = steps[steps != 0]
     n = len(nonzero)
     if n == 0:
         return 0, math.nan, math.nan
-    magnitudes = np.abs(nonzero)
-    ties = len(np.unique(magnitudes)) < n
-    method = stats.PermutationMethod(n_resamples=np.inf) if ties and n <= MAX_ENUMERATED else "exact"
-    r_plus = float(stats.rankdata(magnitudes)[nonzero > 0].sum())
-    p = float(stats.wilcoxon(nonzero, zero_method="wilcox", method=method).pvalue)
-    return n, r_plus, min(p, 1.0)
+    ranks = stats.rankdata(np.abs(nonzero))
+    r_plus = float(ranks[nonzero > 0].sum())
+    if n < 2:
+        return n, r_plus, math.nan
+    if n > MAX_EXACT:
+        p = float(stats.wilcoxon(nonzero, zero_method="wilcox", correction=False, method="approx").pvalue)
+    else:
+        p = _signed_rank_p(ranks, nonzero > 0)
+    return n, r_plus, p
+
+
+def _signed_rank_p(ranks: np.ndarray, positive: np.ndarray) -> float:
+    """Exact two-sided p of R+ given the (mid)ranks: the distribution of R+ over all 2**n equally
+    likely signs, counted as subset sums of the doubled ranks (whole numbers: midranks are whole or
+    half), one rank at a time, in O(n**3). Probabilities are float64 sums and halvings of
+    non-negative numbers, so their relative error stays below about n * 1e-16, with no overflow."""
+    doubled = np.rint(2 * ranks).astype(np.int64)
+    dist = np.ones(1)  # dist[s]: probability that twice R+ equals s, over the ranks added so far
+    for r in doubled:
+        grown = np.zeros(len(dist) + r)
+        grown[: len(dist)] += dist  # this rank negative
+        grown[r:] += dist  # this rank positive
+        dist = grown / 2
+    observed = int(doubled[positive].sum())
+    lower, upper = dist[: observed + 1].sum(), dist[observed:].sum()
+    return float(min(1.0, 2 * min(lower, upper)))
 
 
 # ------------------------------------------------------------------- Holm

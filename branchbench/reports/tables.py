@@ -6,7 +6,8 @@ the tables are tested against a committed golden fixture of runs.
 
 A run is one (data seed, training seed) pair of a cell. Every quantity is the
 mean ± sample standard deviation (ddof=1) over runs, with their number ``n``
-and the number of data seeds shown; with one run only the mean is printed. The
+and the number of data seeds shown (a quantity missing in some runs shows its
+own n); with one run only the mean is printed. The
 summary adds 95% two-stage bootstrap intervals, the paired table tests and
 effect sizes (the procedures are in :mod:`branchbench.reports.stats`, named in
 :func:`summary_header` / :func:`paired_header`, the lines a report prints above
@@ -128,9 +129,11 @@ def summary(runs: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES) -> pd.Data
     task's main test metric. Each gets mean, std (ddof=1) and the 95% two-stage
     bootstrap interval of the mean (:func:`stats.hierarchical_bootstrap_ci`:
     data seeds, then training seeds within them), ``ci_low`` / ``ci_high``.
-    Costs get mean and std. Columns are a MultiIndex (quantity, statistic),
-    plus ``("n", "")`` (runs, i.e. (data seed, training seed) pairs) and
-    ``("data seeds", "")``.
+    Costs get mean and std. Every quantity also gets ``n``, the runs it has a
+    value in. Columns are a MultiIndex (quantity, statistic), plus
+    ``("n", "")`` (runs of the row, i.e. (data seed, training seed) pairs) and
+    ``("data seeds", "")``. ``attrs["n_resamples"]`` records the bootstrap's
+    resample count for :func:`summary_header`.
     """
     runs = _keyed(runs)
     tasks = main_metrics(runs)
@@ -151,18 +154,21 @@ def summary(runs: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES) -> pd.Data
     for label, (column, _) in COSTS.items():
         if label != DELTA_M:
             values[label] = runs[column] if column in runs else np.nan
-    return _aggregate(values, ["method", "budget"], quality, n_resamples)
+    table = _aggregate(values, ["method", "budget"], quality, n_resamples)
+    table.attrs["n_resamples"] = n_resamples
+    return table
 
 
 def _aggregate(values: pd.DataFrame, keys: list[str], with_ci: list[str] | None = None,
                n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
-    """mean/std (and for ``with_ci`` the bootstrap interval) of every value column per ``keys``."""
+    """mean/std/n (and for ``with_ci`` the bootstrap interval) of every value column per ``keys``."""
     with_ci = with_ci or []
     grouped = values.groupby(keys, sort=False)
     quantities = [c for c in values.columns if c not in [*keys, "data_seed", "seed"]]
     parts = {}
     for q in quantities:
         part = grouped[q].agg(["mean", "std"])
+        part["n"] = grouped[q].count()
         if q in with_ci:
             cis = [stats.hierarchical_bootstrap_ci(group, q, n_resamples=n_resamples) for _, group in grouped]
             part["ci_low"], part["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
@@ -177,14 +183,16 @@ def _aggregate(values: pd.DataFrame, keys: list[str], with_ci: list[str] | None 
 def summary_header(table: pd.DataFrame) -> str:
     """The sentence above the summary table: what each cell holds, the procedures and n."""
     n, data = _span(table[("n", "")]), _span(table[("data seeds", "")])
+    resamples = table.attrs.get("n_resamples", stats.N_RESAMPLES)
     return (
-        f"Each row: n = {n} runs, one per (data seed, training seed) pair, over {data} data seed(s). "
+        f"Each row: n = {n} runs, one per (data seed, training seed) pair, over {data} data seed(s); "
+        "a cell computed from fewer runs (a value missing in some) shows its own n. "
         "Quality cells: mean ± sample std (ddof=1) [95% interval of the mean: percentile two-stage "
         f"bootstrap, data seeds then training seeds within them resampled with replacement, "
-        f"{stats.N_RESAMPLES} resamples; Davison & Hinkley 1997, sec. 3.8]; costs: mean ± std. "
-        "Δm: mean signed relative gain (%) of each task's main test metric over the independent networks; "
+        f"{resamples} resamples; Davison & Hinkley 1997, sec. 3.8]; costs: mean ± std. "
+        "Δm: mean signed relative gain (%) of each task's main test metric over the independent networks of the same seeds; "
         "beside it the absolute main test metrics (per task, and their mean per metric kind where a kind has several tasks). "
-        + _interval_note(table[("data seeds", "")])
+        + _interval_note(table[("data seeds", "")], [f"{m} @ {b}" for m, b in table.index])
     )
 
 
@@ -196,21 +204,48 @@ def _span(counts: pd.Series) -> str:
     return str(low) if low == high else f"{low}–{high}"
 
 
-def _interval_note(data_seeds: pd.Series) -> str:
-    """What the intervals can claim, given the fewest data seeds of a row (numbers: tests/test_stats.py)."""
-    fewest = int(data_seeds.min()) if len(data_seeds) else 0
-    if fewest <= 1:
-        return ("With one data seed an interval reflects training seeds only: it speaks for this "
-                "data draw, not for the data distribution; from few runs it also undercovers (in simulation "
-                "a nominal 95% interval covered the mean about 80% of the time with 3 training seeds, "
-                "87% with 5, 92% with 10).")
-    return ("Percentile intervals over few data seeds undercover: in simulation (3 training seeds each) a "
-            "nominal 95% interval covered the mean about 60–70% of the time with 2 data seeds, 80% with 3–4 "
-            "and 85–90% with 5–8.")
+FEW_DATA_SEEDS = 10  # rows with fewer data seeds get a coverage note (simulated coverage >= 92% from 10 on)
+
+
+def _interval_note(data_seeds: pd.Series, rows: list[str]) -> str:
+    """What the intervals of the rows with few data seeds can claim (figures: tests/test_stats.py).
+
+    Simulated coverage of a nominal 95% interval of a mean 0: with one data seed,
+    normal training-seed noise (3 values: [min, max], which covers with
+    probability 1 - 2 / 2**3 = 75%); with several, 3 training seeds each and a
+    data-seed sd twice the training-seed sd. With comparable spreads coverage is
+    higher (the within-seed variance is inflated, see the bootstrap's docstring).
+    """
+    counts = [int(c) for c in data_seeds]
+    one = [r for r, c in zip(rows, counts, strict=True) if c <= 1]
+    few = [r for r, c in zip(rows, counts, strict=True) if 1 < c < FEW_DATA_SEEDS]
+    notes = []
+    if one:
+        notes.append(f"{_which(one, len(rows))} one data seed: the interval reflects training seeds only and "
+                     "speaks for this data draw, not for the data distribution; from few runs it also undercovers "
+                     "(in simulation a nominal 95% interval covered the mean about 75% of the time with 3 "
+                     "training seeds, 85% with 5, 90% with 10).")
+    if few:
+        notes.append(f"{_which(few, len(rows))} 2–{FEW_DATA_SEEDS - 1} data seeds: percentile intervals over "
+                     "few data seeds undercover when data-seed variation dominates: in simulation (3 training "
+                     "seeds each, data-seed sd twice the training-seed sd) a nominal 95% interval covered the "
+                     "mean about 65% of the time with 2 data seeds, 80% with 3, 83% with 4, 86% with 5 and 90% "
+                     "with 8.")
+    return " ".join(notes)
+
+
+def _which(rows: list[str], total: int) -> str:
+    """'Every row has' / 'Rows a, b have' / 'k of m rows have': who a note is about."""
+    if len(rows) == total:
+        return "Every row has" if total > 1 else "The row has"
+    if len(rows) <= 4:
+        return ("Row " if len(rows) == 1 else "Rows ") + ", ".join(rows) + (" has" if len(rows) == 1 else " have")
+    return f"{len(rows)} of {total} rows have"
 
 
 def format_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary as strings ``mean ± std [low, high]`` (the Markdown / LaTeX table)."""
+    """The summary as strings ``mean ± std [low, high]`` (the Markdown / LaTeX table); a cell from
+    fewer runs than its row's n ends in ``(n = k)``."""
     out = pd.DataFrame(index=table.index)
     out["n"] = table[("n", "")].astype(int)
     out["data seeds"] = table[("data seeds", "")].astype(int)
@@ -220,6 +255,9 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
         if (quantity, "ci_low") in table:
             cells = [_with_ci(c, lo, hi, style)
                      for c, lo, hi in zip(cells, table[(quantity, "ci_low")], table[(quantity, "ci_high")], strict=True)]
+        if (quantity, "n") in table:
+            cells = [f"{c} (n = {k})" if 0 < k < n else c
+                     for c, k, n in zip(cells, table[(quantity, "n")], out["n"], strict=True)]
         out[quantity] = cells
     return out
 
@@ -271,21 +309,28 @@ def paired(runs: pd.DataFrame, value: str = "metrics.delta_m", n_resamples: int 
     """Each learned method against each of its controls present (:func:`controls_of`), on the same seeds.
 
     ``runs`` are one dataset's: its comparisons are one Holm family. Pairs
-    are matched on (data seed, training seed); a key present on one side only
-    is left out. Columns: method, budget, control, n (pairs), data seeds,
-    ``value`` mean of the method and of the control over the pairs, the
-    difference method - control (mean, std, 95% two-stage bootstrap interval
-    of its mean), Cohen's d_z, wins (pairs where the method is higher), the
-    two-sided paired t-test p, its Holm-adjusted p over every row, and the
-    exact Wilcoxon signed-rank p (zero differences dropped; ``wilcoxon_n``
-    pairs left) with its own Holm adjustment (CSV only). The tests take the
+    are matched on (data seed, training seed); a run whose key is missing on
+    the other side, or whose value or its partner's is missing, is left out and
+    counted in ``unpaired_method`` / ``unpaired_control``. Columns: method,
+    budget, control, n (pairs), data seeds, the unpaired counts, ``value`` mean
+    of the method and of the control over the pairs only, the difference
+    method - control (mean, std, 95% two-stage bootstrap interval of its mean),
+    Cohen's d_z, wins / ties / losses (pairs where the method is higher / equal
+    / lower, at :data:`stats.DIGITS` significant digits), the two-sided paired
+    t-test p, its Holm-adjusted p over every row, and the exact Wilcoxon
+    signed-rank p (zero differences dropped; ``wilcoxon_n`` pairs left) with
+    its own Holm adjustment, a separate family (CSV only). The tests take the
     pairs as independent; the interval does not (see :func:`paired_header`).
+    ``attrs`` record ``value`` and ``n_resamples`` for the header and format.
     """
-    columns = ["method", "budget", "control", "n", "data_seeds", "value", "control_value", "diff_mean",
-               "diff_std", "ci_low", "ci_high", "d_z", "wins", "t_p", "t_p_holm", "wilcoxon_n", "wilcoxon_p",
-               "wilcoxon_p_holm"]
+    columns = ["method", "budget", "control", "n", "data_seeds", "unpaired_method", "unpaired_control", "value",
+               "control_value", "diff_mean", "diff_std", "ci_low", "ci_high", "d_z", "wins", "ties", "losses",
+               "t_p", "t_p_holm", "wilcoxon_n", "wilcoxon_p", "wilcoxon_p_holm"]
+    attrs = {"value": value, "n_resamples": n_resamples}
     if value not in runs or runs.empty:
-        return pd.DataFrame(columns=columns)
+        table = pd.DataFrame(columns=columns)
+        table.attrs.update(attrs)
+        return table
     if "dataset" in runs and runs["dataset"].nunique() > 1:
         raise ValueError(f"paired: runs of one dataset form one Holm family; got {sorted(runs['dataset'].unique())}"
                          " (call it once per dataset)")
@@ -304,52 +349,73 @@ def paired(runs: pd.DataFrame, value: str = "metrics.delta_m", n_resamples: int 
             pairs["diff"] = pairs[value] - pairs[f"{value}_c"]
             result = stats.paired_comparison(pairs[value], pairs[f"{value}_c"])
             low, high = stats.hierarchical_bootstrap_ci(pairs, "diff", n_resamples=n_resamples)
-            rows.append([method, budget, control, result.n, pairs["data_seed"].nunique(), pairs[value].mean(),
-                         pairs[f"{value}_c"].mean(), result.mean_diff, result.sd_diff, low, high, result.d_z,
-                         int((pairs["diff"] > 0).sum()), result.t_p, math.nan, result.wilcoxon_n,
-                         result.wilcoxon_p, math.nan])
+            rows.append([method, budget, control, result.n, pairs["data_seed"].nunique(), len(group) - len(pairs),
+                         len(other) - len(pairs), pairs[value].mean(), pairs[f"{value}_c"].mean(), result.mean_diff,
+                         result.sd_diff, low, high, result.d_z, result.wins, result.ties, result.losses, result.t_p,
+                         math.nan, result.wilcoxon_n, result.wilcoxon_p, math.nan])
     table = pd.DataFrame(rows, columns=columns)
     if not table.empty:
         table["t_p_holm"] = stats.holm(table["t_p"].to_numpy(float))
         table["wilcoxon_p_holm"] = stats.holm(table["wilcoxon_p"].to_numpy(float))
+    table.attrs.update(attrs)
     return table
+
+
+def _value_label(value: str) -> tuple[str, str]:
+    """(label, format style) of a paired ``value`` column: ``Δm (%)`` for metrics.delta_m."""
+    for label, (column, style) in COSTS.items():
+        if column == value:
+            return label, style
+    return value.removeprefix("metrics."), "3f"
 
 
 def paired_header(table: pd.DataFrame) -> str:
     """The sentence above the paired table: the pairing, the procedures, m and n."""
     tested = int(table["t_p"].notna().sum()) if "t_p" in table else 0
+    label = _value_label(table.attrs.get("value", "metrics.delta_m"))[0]
+    resamples = table.attrs.get("n_resamples", stats.N_RESAMPLES)
+    rows = [f"{m} vs {c} @ {b}" for m, c, b in zip(table["method"], table["control"], table["budget"], strict=True)]
     return (
         "Each learned method against its controls (random_tree and its own permuted_tree at its budget; "
         "shared_bottom, independent and its permuted_tree for a method without a budget), paired on "
         f"(data seed, training seed): n = {_span(table['n']) if len(table) else '0'} pairs over "
         f"{_span(table['data_seeds']) if len(table) else '0'} data seed(s) per row. "
-        "difference: method − control Δm, mean ± std [95% percentile two-stage bootstrap interval, data seeds "
-        "then training seeds]; d_z: Cohen's d_z (mean / std of the differences); wins: pairs where the "
-        "method is higher; p (t): two-sided paired t-test (scipy.stats.ttest_rel); "
-        f"p (t, Holm): Holm step-down over the m = {tested} t-tests of this report; "
-        "p (Wilcoxon): exact two-sided signed-rank test, zero differences dropped, ties by the exact "
-        "conditional distribution, not adjusted (robustness check; it cannot fall below 0.0625 with 5 pairs "
-        "or fewer). The tests treat the pairs as independent; pairs that share a data seed are not, so where "
-        "p and the interval disagree, trust the interval. "
-        + (_interval_note(table["data_seeds"]) if len(table) else "")
-    )
+        "unpaired: method / control runs without a partner (a key on one side only, or a missing value), "
+        f"left out of every column. method {label} / control {label}: means over the paired runs only. "
+        f"difference: method − control {label}, mean ± std [95% percentile two-stage bootstrap interval, "
+        f"data seeds then training seeds, {resamples} resamples]; d_z: Cohen's d_z (mean / std of the "
+        "differences); wins/ties/losses: pairs where the method is higher / equal / lower (at 12 significant "
+        "digits); p (t): two-sided paired t-test (scipy.stats.ttest_rel); "
+        f"p (t, Holm): Holm step-down over the m = {tested} t-tests of this dataset's paired table; "
+        "n (W), p (Wilcoxon): non-zero differences and the exact two-sided signed-rank test, zero differences "
+        "dropped, ties by the exact conditional distribution, not adjusted here (a robustness check; the CSV "
+        "holds its Holm adjustment over this table's Wilcoxon tests, a separate family); it cannot fall below "
+        "0.0625 with 5 or fewer non-zero differences and is not computed below 2. "
+        "The interval accounts for shared data seeds but undercovers with few of them; the tests treat pairs "
+        "as independent. Read a difference as supported only when both agree. "
+        + _interval_note(table["data_seeds"], rows)
+    ).strip()
 
 
 def format_paired(table: pd.DataFrame) -> pd.DataFrame:
+    label, style = _value_label(table.attrs.get("value", "metrics.delta_m"))
     out = pd.DataFrame({
         "method": table["method"],
         "budget": table["budget"],
         "control": table["control"],
         "n": table["n"].astype(int),
         "data seeds": table["data_seeds"].astype(int),
-        "Δm (%)": [_fmt(v, "signed") for v in table["value"]],
-        "Δm control (%)": [_fmt(v, "signed") for v in table["control_value"]],
-        "difference": [_with_ci(_pm(m, s, "signed"), lo, hi, "signed") for m, s, lo, hi in
+        "unpaired": [f"{u}/{v}" for u, v in zip(table["unpaired_method"], table["unpaired_control"], strict=True)],
+        f"method {label}": [_fmt(v, style) for v in table["value"]],
+        f"control {label}": [_fmt(v, style) for v in table["control_value"]],
+        "difference": [_with_ci(_pm(m, s, style), lo, hi, style) for m, s, lo, hi in
                        zip(table["diff_mean"], table["diff_std"], table["ci_low"], table["ci_high"], strict=True)],
         "d_z": [_number(v, "{:+.2f}") for v in table["d_z"]],
-        "wins": [f"{w}/{n}" for w, n in zip(table["wins"], table["n"], strict=True)],
+        "wins/ties/losses": [f"{w}/{t}/{lo}" for w, t, lo in
+                             zip(table["wins"], table["ties"], table["losses"], strict=True)],
         "p (t)": [_p(p) for p in table["t_p"]],
         "p (t, Holm)": [_p(p) for p in table["t_p_holm"]],
+        "n (W)": table["wilcoxon_n"].astype(int),
         "p (Wilcoxon)": [_p(p) for p in table["wilcoxon_p"]],
     })
     return out.reset_index(drop=True)
