@@ -40,6 +40,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import math
 import os
 import random
@@ -577,9 +578,23 @@ def check_dataset(dataset: Dataset | type[Dataset], **options: Any) -> Benchmark
     bench = ds.load()
     if not isinstance(bench, Benchmark):
         fail(f"load() returned {type(bench).__name__}, not a Benchmark", "return a Benchmark")
-    if cls.has_groups != (bench.groups is not None):
-        fail(f"has_groups={cls.has_groups} but the benchmark's groups are {bench.groups!r}",
+    if bool(ds.has_groups) != (bench.groups is not None):
+        fail(f"has_groups={ds.has_groups} but the benchmark's groups are {bench.groups!r}",
              "set has_groups to whether load() fills Benchmark.groups")
+    try:
+        ds.validate()
+    except Exception as err:  # noqa: BLE001 - good data must validate
+        fail(f"validate() refused data that loads ({type(err).__name__}: {err})",
+             "check in validate() only what load() would refuse")
+    if list(ds.task_names()) != bench.task_names:
+        fail(f"task_names() gives {list(ds.task_names())}, load() {bench.task_names}",
+             "return the loaded benchmark's task names, in order")
+    try:
+        identity = json.dumps(ds.identity(), sort_keys=True)
+    except (TypeError, ValueError) as err:
+        fail(f"identity() is not JSON data ({err})", "return plain options and content keys")
+    if json.dumps(cls(**ds.get_params()).identity(), sort_keys=True) != identity:
+        fail("identity() differs between two instances with the same options", "derive it from options and content")
     if tuple(bench.backbone.input_shape) != bench.input_shape:
         fail(f"backbone input {bench.backbone.input_shape} differs from the data's {bench.input_shape}",
              "build the default backbone for the data's input shape")
