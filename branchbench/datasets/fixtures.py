@@ -454,3 +454,133 @@ def make_celeba(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     root = write_celeba_fixture(directory / "celeba_fixture", n=48)
     return {"root": str(root), "cache_dir": str(directory / "cache"), "resolution": 16, "width": 8, "workers": 1}
+
+
+# --------------------------------------------------------------- Taskonomy
+TASKONOMY_LAYOUTS = ("building", "omnidata", "domain")
+TASKONOMY_FIXTURE_BUILDINGS: dict[str, tuple[str, ...]] = {
+    "train": ("allensville",), "val": ("collierville",), "test": ("ihlen",),
+}
+"""One building of the tiny split per split (their real names, so the shipped lists apply)."""
+TASKONOMY_FIXTURE_CLASSES = (1, 4, 9)
+"""The segmentation labels the fixture draws (raw Taskonomy labels; 0 marks a few unlabelled pixels)."""
+
+
+def taskonomy_fixture_view(building: str, point: int, view: int, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """The raw arrays of one fixture view, as its PNGs hold them (regenerable, for tests).
+
+    A scene has two independent latent layers, so every target is learnable from
+    nearby pixels of the RGB image:
+
+    * geometry: a tilted plane with a bump, ``z`` in metres, stored as
+      Taskonomy's z-buffer (``z * 512``, uint16) with 65535 ("no depth") above a
+      random horizon, and its surface normal stored 127-centred (uint8 RGB);
+    * layout: a smooth field cut into three regions, labelled with
+      :data:`TASKONOMY_FIXTURE_CLASSES` (a 2x2 patch unlabelled, 0), texture
+      edges on the region boundaries (``0.08 * 2^16``, the top of Taskonomy's
+      edge range, else 0) and keypoint blobs (up to ``0.005 * 2^16``) around
+      three 2x2 dots.
+
+    The image shows the depth (red, black where there is none), the regions
+    (green) and the dots (blue), with noise.
+    """
+    import zlib
+
+    rng = np.random.default_rng([seed, zlib.crc32(building.encode()), point, view])
+    grid = np.linspace(-1.0, 1.0, size)
+    v, u = np.meshgrid(grid, grid, indexing="ij")
+    a, b, c = rng.uniform(2.0, 3.0), rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8)
+    h, s = rng.uniform(-0.6, 0.6), rng.uniform(0.25, 0.45)
+    u0, v0 = rng.uniform(-0.6, 0.6, size=2)
+    bump = h * np.exp(-((u - u0) ** 2 + (v - v0) ** 2) / (2 * s**2))
+    z = a + b * u + c * v + bump
+    dz_du, dz_dv = b - bump * (u - u0) / s**2, c - bump * (v - v0) / s**2
+    normal = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.7)])
+    normal /= np.linalg.norm(normal, axis=0, keepdims=True)
+    sky = v < rng.uniform(-1.2, -0.5)
+    depth = np.where(sky, 65535, np.round(z * 512)).astype(np.uint16)
+    normal_raw = np.clip(np.round((normal + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    freq = rng.uniform(1.0, 3.0, size=(2, 2))
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    field = np.cos(freq[0, 0] * u + freq[0, 1] * v + phase[0]) + np.cos(freq[1, 0] * u - freq[1, 1] * v + phase[1])
+    region = np.digitize(field, np.quantile(field, [1 / 3, 2 / 3]))
+    labels = np.asarray(TASKONOMY_FIXTURE_CLASSES, np.uint8)[region]
+    r, q = rng.integers(0, size - 2, size=2)
+    labels[r : r + 2, q : q + 2] = 0
+    boundary = np.zeros_like(region, dtype=bool)
+    across, down = region[:, :-1] != region[:, 1:], region[:-1, :] != region[1:, :]
+    boundary[:, :-1] |= across
+    boundary[:, 1:] |= across
+    boundary[:-1, :] |= down
+    boundary[1:, :] |= down
+    edges = np.where(boundary, round(0.08 * 2**16), 0).astype(np.uint16)
+
+    rows, cols = np.arange(size)[:, None], np.arange(size)[None]
+    dots, heat = np.zeros((size, size)), np.zeros((size, size))
+    for row, col in rng.integers(1, size - 2, size=(3, 2)):
+        dots[row : row + 2, col : col + 2] = 1.0
+        heat = np.maximum(heat, np.exp(-((rows - row - 0.5) ** 2 + (cols - col - 0.5) ** 2) / (2 * (size / 10) ** 2)))
+    keypoints = np.round(heat * 0.005 * 2**16).astype(np.uint16)
+
+    shade = np.where(sky, 0.0, (z - 1.0) / 3.0)
+    image = np.stack([shade, region / 2.0, dots]) + 0.04 * rng.standard_normal((3, size, size))
+    rgb = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return {"rgb": rgb, "segment_semantic": labels, "normal": normal_raw, "depth_zbuffer": depth,
+            "keypoints2d": keypoints, "edge_texture": edges}
+
+
+def taskonomy_fixture_names(views: int) -> list[tuple[int, int]]:
+    """The (point, view) pairs of a building's ``views`` fixture views: three views per point."""
+    return [(i // 3, i % 3) for i in range(views)]
+
+
+def write_taskonomy_fixture(
+    root: str | Path,
+    layout: str = "building",
+    views: Mapping[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+    buildings: Mapping[str, Sequence[str]] | None = None,
+    segment_token: str = "segmentsemantic",
+) -> Path:
+    """Write a tiny Taskonomy (six real PNGs per view, Taskonomy's bit depths and names); return root.
+
+    ``layout`` is ``"building"`` (``root/<building>/<modality>/``), ``"omnidata"``
+    (``root/<modality>/taskonomy/<building>/``) or ``"domain"``
+    (``root/<modality>/<building>/``). ``views`` gives each split's views per
+    building (default train 12, val 6, test 6); ``buildings`` the buildings per
+    split (default :data:`TASKONOMY_FIXTURE_BUILDINGS`). Segmentation files are
+    named ``..._domain_<segment_token>.png`` (the sample building's spelling by
+    default). Pixels come from :func:`taskonomy_fixture_view`.
+    """
+    from PIL import Image
+
+    if layout not in TASKONOMY_LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {TASKONOMY_LAYOUTS}")
+    root = Path(root)
+    views = dict(views) if views is not None else {"train": 12, "val": 6, "test": 6}
+    buildings = dict(buildings) if buildings is not None else dict(TASKONOMY_FIXTURE_BUILDINGS)
+    for split, names in buildings.items():
+        for building in names:
+            for point, view in taskonomy_fixture_names(views[split]):
+                arrays = taskonomy_fixture_view(building, point, view, size, seed)
+                for modality, array in arrays.items():
+                    if layout == "building":
+                        folder = root / building / modality
+                    elif layout == "omnidata":
+                        folder = root / modality / "taskonomy" / building
+                    else:
+                        folder = root / modality / building
+                    folder.mkdir(parents=True, exist_ok=True)
+                    token = segment_token if modality == "segment_semantic" else modality
+                    Image.fromarray(array).save(folder / f"point_{point}_view_{view}_domain_{token}.png")
+    return root
+
+
+def make_taskonomy(directory: str | Path) -> dict[str, Any]:
+    """The conformance tests' options for dataset ``taskonomy``: the small fixture, 32x32 PNGs read at 16x16."""
+    directory = Path(directory)
+    root = write_taskonomy_fixture(directory / "taskonomy_fixture")
+    return {"root": str(root), "cache_dir": str(directory / "cache"), "source_size": 32, "resolution": 16,
+            "partial": True, "backbone": "dense", "width": 8, "workers": 1}
