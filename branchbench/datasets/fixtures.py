@@ -244,7 +244,7 @@ def dense_arrays(n: int, size: int = 16, n_classes: int = 3, seed: int = 0) -> t
         h, s = rng.uniform(-0.5, 0.5), rng.uniform(0.25, 0.45)
         u0, v0 = rng.uniform(-0.6, 0.6, size=2)
         bump = h * np.exp(-((u - u0) ** 2 + (v - v0) ** 2) / (2 * s**2))
-        z = a + b * u + c * v + bump
+        z = a + b * u + c * v + bump  # at least 0.3 m
         dz_du = b - bump * (u - u0) / s**2
         dz_dv = c - bump * (v - v0) / s**2
         n_vec = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.5)])
@@ -253,7 +253,7 @@ def dense_arrays(n: int, size: int = 16, n_classes: int = 3, seed: int = 0) -> t
         depth[i] = np.where(sky, np.nan, z)
         normal[i] = np.where(sky[None], np.nan, n_vec)
 
-        freq = rng.uniform(1.0, 3.0, size=(2, 2))
+        freq = rng.uniform(0.5, 2.0, size=(2, 2))
         phase = rng.uniform(0, 2 * np.pi, size=2)
         field = np.cos(freq[0, 0] * u + freq[0, 1] * v + phase[0]) + np.cos(freq[1, 0] * u - freq[1, 1] * v + phase[1])
         labels = np.digitize(field, np.quantile(field, np.linspace(0, 1, n_classes + 1)[1:-1])).astype(np.uint8)
@@ -472,36 +472,38 @@ def taskonomy_fixture_view(building: str, point: int, view: int, size: int = 32,
     A scene has two independent latent layers, so every target is learnable from
     nearby pixels of the RGB image:
 
-    * geometry: a tilted plane with a bump, ``z`` in metres, stored as
+    * geometry: a tilted plane with a bump at a random scale, ``z`` in metres, stored as
       Taskonomy's z-buffer (``z * 512``, uint16) with 65535 ("no depth") above a
       random horizon, and its surface normal stored 127-centred (uint8 RGB);
     * layout: a smooth field cut into three regions, labelled with
       :data:`TASKONOMY_FIXTURE_CLASSES` (a 2x2 patch unlabelled, 0), texture
-      edges on the region boundaries (``0.08 * 2^16``, the top of Taskonomy's
-      edge range, else 0) and keypoint blobs (up to ``0.005 * 2^16``) around
+      edges in a band of two pixels either side of the region boundaries
+      (``0.08 * 2^16``, the top of Taskonomy's edge range, else 0) and keypoint blobs (up to ``0.005 * 2^16``) around
       three 2x2 dots.
 
-    The image shows the depth (red, black where there is none), the regions
-    (green) and the dots (blue), with noise.
+    The image shows the log depth (red, black where there is none), the regions
+    (green) and a Lambertian shading of the surface with the dots at full
+    intensity (blue), with noise.
     """
     import zlib
 
     rng = np.random.default_rng([seed, zlib.crc32(building.encode()), point, view])
     grid = np.linspace(-1.0, 1.0, size)
     v, u = np.meshgrid(grid, grid, indexing="ij")
-    a, b, c = rng.uniform(2.0, 3.0), rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8)
-    h, s = rng.uniform(-0.6, 0.6), rng.uniform(0.25, 0.45)
+    b, c = rng.uniform(-0.3, 0.3, size=2)
+    h, s = rng.uniform(-0.3, 0.3), rng.uniform(0.25, 0.45)
     u0, v0 = rng.uniform(-0.6, 0.6, size=2)
     bump = h * np.exp(-((u - u0) ** 2 + (v - v0) ** 2) / (2 * s**2))
-    z = a + b * u + c * v + bump
+    shape = 1.0 + b * u + c * v + bump  # in [0.1, 1.9]
+    z = np.exp(rng.uniform(np.log(0.02), np.log(4.0))) * shape  # metres: log depths spread widely
     dz_du, dz_dv = b - bump * (u - u0) / s**2, c - bump * (v - v0) / s**2
-    normal = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.7)])
+    normal = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.4)])
     normal /= np.linalg.norm(normal, axis=0, keepdims=True)
     sky = v < rng.uniform(-1.2, -0.5)
-    depth = np.where(sky, 65535, np.round(z * 512)).astype(np.uint16)
+    depth = np.where(sky, 65535, np.maximum(1, np.round(z * 512))).astype(np.uint16)
     normal_raw = np.clip(np.round((normal + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
-    freq = rng.uniform(1.0, 3.0, size=(2, 2))
+    freq = rng.uniform(0.5, 2.0, size=(2, 2))
     phase = rng.uniform(0, 2 * np.pi, size=2)
     field = np.cos(freq[0, 0] * u + freq[0, 1] * v + phase[0]) + np.cos(freq[1, 0] * u - freq[1, 1] * v + phase[1])
     region = np.digitize(field, np.quantile(field, [1 / 3, 2 / 3]))
@@ -514,7 +516,12 @@ def taskonomy_fixture_view(building: str, point: int, view: int, size: int = 32,
     boundary[:, 1:] |= across
     boundary[:-1, :] |= down
     boundary[1:, :] |= down
-    edges = np.where(boundary, round(0.08 * 2**16), 0).astype(np.uint16)
+    band = boundary.copy()  # two pixels either side of a region boundary
+    band[1:] |= boundary[:-1]
+    band[:-1] |= boundary[1:]
+    band[:, 1:] |= boundary[:, :-1]
+    band[:, :-1] |= boundary[:, 1:]
+    edges = np.where(band, round(0.08 * 2**16), 0).astype(np.uint16)
 
     rows, cols = np.arange(size)[:, None], np.arange(size)[None]
     dots, heat = np.zeros((size, size)), np.zeros((size, size))
@@ -523,8 +530,12 @@ def taskonomy_fixture_view(building: str, point: int, view: int, size: int = 32,
         heat = np.maximum(heat, np.exp(-((rows - row - 0.5) ** 2 + (cols - col - 0.5) ** 2) / (2 * (size / 10) ** 2)))
     keypoints = np.round(heat * 0.005 * 2**16).astype(np.uint16)
 
-    shade = np.where(sky, 0.0, (z - 1.0) / 3.0)
-    image = np.stack([shade, region / 2.0, dots]) + 0.04 * rng.standard_normal((3, size, size))
+    light = np.array([0.5, 0.5, 1.0]) / np.linalg.norm([0.5, 0.5, 1.0])
+    shading = np.clip(np.tensordot(light, normal, axes=1), 0.0, 1.0)
+    red = np.where(sky, 0.0, (np.log1p(z * 512) / np.log(2.0**16) - 0.1) / 0.7)
+    green = 0.4 * region
+    blue = np.where(dots > 0, 1.0, np.where(sky, 0.0, 0.6 * shading))
+    image = np.stack([red, green, blue]) + 0.03 * rng.standard_normal((3, size, size))
     rgb = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return {"rgb": rgb, "segment_semantic": labels, "normal": normal_raw, "depth_zbuffer": depth,
             "keypoints2d": keypoints, "edge_texture": edges}
