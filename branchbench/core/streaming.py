@@ -4,9 +4,9 @@ On CUDA the trainer keeps a benchmark's splits on the GPU when they fit with
 room left for training (:func:`fits_on_device`, a pure rule), so a batch is a
 gather on the device. A cache that does not fit (Taskonomy at 256x256 is
 hundreds of GB) stays where it is, usually a memory map of the cache file, and
-:class:`StreamSplit` feeds it: a background thread gathers the next batches'
-rows into pinned host buffers while the GPU trains on the current one, and
-each is copied to the device asynchronously.
+:class:`StreamSplit` feeds it: worker threads gather the next batches' rows
+into pinned host buffers while the GPU trains on the current one, and each is
+copied to the device asynchronously.
 
 Streaming yields exactly the batches (rows, order, values) a resident split
 would, so the choice changes speed and memory, never numbers. On CPU there is
@@ -116,7 +116,8 @@ class StreamSplit:
     def batches(
         self, order: torch.Tensor, batch_size: int, device: torch.device, targets: Targets | None = None
     ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """Batches of the rows ``order`` (positions in this split), on ``device``, prefetched in a thread.
+        """Batches of the rows ``order`` (positions in this split), on ``device``, in order, the next
+        ones gathered by worker threads meanwhile (page faults of a memory map block a thread, not the GPU).
 
         Buffers are pinned when ``device`` is CUDA (torch's caching host
         allocator keeps a pinned block until its asynchronous copy is done).
@@ -126,7 +127,7 @@ class StreamSplit:
         rows = order if self.rows is None else self.rows[order]
         chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
         pin = device.type == "cuda"
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as pool:
+        with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="batches") as pool:
             pending = deque(pool.submit(self._gather, chunk, pin) for chunk in chunks[:PREFETCH])
             for i in range(len(chunks)):
                 x, y = pending.popleft().result()

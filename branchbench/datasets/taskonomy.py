@@ -85,11 +85,11 @@ data file is not public): no training augmentation (AdaShare scales by
 0.5-1.5, mirrors and crops 224x224 at training time; it evaluates at 256x256
 as we do); Adam's betas are torch's (0.9, 0.999), AdaShare's (0.5, 0.999); the
 learning rate follows a cosine over the run instead of x0.3 every 12,000
-iterations; the length is in epochs (``epochs=2``, about 30,000 x 16 = 480,000
-samples on the tiny train split's roughly quarter-million views; set
-``protocol.epochs`` from the train count the cache manifest records for an exact
-match), and the best weights are chosen per epoch instead of every 1,000
-iterations; AdaShare's segmentation class weights (``semseg_prior_factor.npy`` in
+iterations; the length is in epochs, not iterations (``epochs=2`` is a
+placeholder: AdaShare's 30,000 x 16 = 480,000 samples are 480,000 / N epochs
+for the N train views the cache manifest records, ``meta.counts[0]``; set
+``protocol.epochs`` to that, rounded), and the best weights are chosen per
+epoch instead of every 1,000 iterations; AdaShare's segmentation class weights (``semseg_prior_factor.npy`` in
 its data folder) are not public, so the cross-entropy is unweighted; losses
 and metrics compare predictions upsampled bilinearly to the 256x256 targets
 (AdaShare computes its training losses at the network's output stride, against
@@ -490,6 +490,9 @@ def decoder_version() -> str:
 
 
 # ------------------------------------------------------------------- dataset
+_SCANS: dict[tuple, Inventory] = {}  # a sweep builds one dataset per cell; the folders are listed once
+
+
 class Taskonomy(Dataset):
     """Taskonomy-5 (see the module docstring for files, checks, cache and protocol)."""
 
@@ -522,7 +525,6 @@ class Taskonomy(Dataset):
     def __init__(self, **options: Any) -> None:
         options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
         super().__init__(**options)
-        self._scan_memo: tuple[tuple, Inventory] | None = None
 
     def check(self) -> None:
         self.task_names()
@@ -566,16 +568,18 @@ class Taskonomy(Dataset):
 
     # ------------------------------------------------------------- checks
     def inventory(self) -> Inventory:
-        """The checked list of views (memoised while the folders and split file are unchanged)."""
+        """The checked list of views (memoised, across instances, while the folders and split file are unchanged)."""
         layout = find_layout(self.root())
         split = self.split()
         folders = [layout.root] + [layout.folder(m, b) for b in layout.buildings_found() for m in MODALITIES]
         stamp = (layout, split.digest, self.params["partial"], self.params["incomplete"],
                  tuple((str(f), f.stat().st_mtime_ns) for f in folders if f.is_dir()))
-        if self._scan_memo is not None and self._scan_memo[0] == stamp:
-            return self._scan_memo[1]
+        if stamp in _SCANS:
+            return _SCANS[stamp]
         inventory = scan(layout, split, partial=self.params["partial"], incomplete=self.params["incomplete"])
-        self._scan_memo = (stamp, inventory)
+        while len(_SCANS) >= 4:
+            _SCANS.pop(next(iter(_SCANS)))
+        _SCANS[stamp] = inventory
         return inventory
 
     def validate(self) -> None:
