@@ -77,8 +77,9 @@ at 27e6fb5):
   learning; ``lr``, ``backbone_lr``), 30,000 iterations (``retrain_total_iters``),
   the best validation checkpoint kept (``test: which_iter: best``);
 * metrics: mIoU and pixel accuracy, the normals' mean cosine similarity
-  (AdaShare's Taskonomy metric, our main metric for normals) and angles, and
-  the mean absolute errors of depth, keypoints and edges.
+  (AdaShare's Taskonomy metric; logged as ``normal.cosine``) beside the mean
+  angle (the suite's main normals metric, which Δm and the reports use), and
+  the mean absolute errors of depth, keypoints and edges (AdaShare's).
 
 Differences from AdaShare (the suite's trainer offers no other choice, or the
 data file is not public): no training augmentation (AdaShare scales by
@@ -123,7 +124,7 @@ from branchbench.core.backbones import Backbone, dense_backbone
 from branchbench.core.benchmark import SPLITS, Benchmark, Split, TrainingProtocol
 from branchbench.core.deeplab import deeplab_resnet34_backbone
 from branchbench.core.options import Option, OptionError
-from branchbench.core.tasks import DEFAULT_METRICS, MetricSpec, TaskSpec
+from branchbench.core.tasks import TaskSpec
 from branchbench.datasets.base import DataError, Dataset
 from branchbench.datasets.image_cache import ArrayCache, ArraySpec, default_cache_root
 
@@ -142,7 +143,6 @@ COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VIEW_NAME = re.compile(r"point_(\d+)_view_(\d+)_domain_([A-Za-z0-9_]+)\.png")
 BUILDING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-NORMALS_METRICS = (MetricSpec("cosine", True),) + tuple(m for m in DEFAULT_METRICS["normals"] if m.name != "cosine")
 ROOT_ENV = "TASKONOMY_ROOT"
 TINY_SPLIT = "taskonomy_tiny_split.csv"
 SOURCE_SIZE = 512
@@ -678,7 +678,6 @@ class Taskonomy(Dataset):
                 name, kind,
                 n_outputs=dense.TASKONOMY_SEG_CLASSES if kind == "segmentation" else None,
                 loss_weight=weights[kind],
-                metrics=NORMALS_METRICS if kind == "normals" else (),
             ))
         return specs
 
