@@ -189,7 +189,7 @@ def _dependency_runner(tracking: Tracking, parent_run_id: str | None, device: to
 def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: torch.device,
                         parent_run_id: str | None, show_progress: bool) -> dict[str, float]:
     bench = load_bench(cell)
-    tags = {"bb.data_fingerprint": bench.fingerprint()}
+    tags = {"bb.data_fingerprint": bench.fingerprint(), "bb.main_metrics": bench.main_metrics_tag()}
     if bench.groups is not None:
         tags["bb.groups"] = json.dumps(bench.groups, sort_keys=True)
     tracking.set_tags(run_id, tags)

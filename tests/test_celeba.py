@@ -437,3 +437,36 @@ def test_the_published_figures_load_and_are_checked(tmp_path):
     path.write_text(path.read_text().replace('source = "p"\nmethod', 'source = "q"\nmethod'))
     with pytest.raises(ValueError, match="names source 'q'"):
         load_published(path)
+
+
+def test_the_celeba9_config_writes_out_the_datasets_protocol():
+    from branchbench.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "celeba9.toml")
+    protocol = CelebA().protocol()
+    assert protocol.replace(**config.protocol) == protocol  # the same values, so no drift between the two
+    assert (protocol.nesterov, protocol.lr_schedule, protocol.lr_step_epochs, protocol.lr_gamma) == (
+        False, "step", 15, 0.5)  # TAG: no Nesterov, halved every 15 epochs
+
+
+def test_the_fingerprint_hashes_the_cache_key_not_the_pixels(pristine, tmp_path):
+    bench = dataset(pristine["plain"], tmp_path / "cache").load()
+    assert bench.content_key == bench.content_key.strip() and len(bench.content_key) == 64
+    blank = dataclasses.replace(bench, splits={k: dataclasses.replace(s, x=torch.zeros_like(s.x))
+                                               for k, s in bench.splits.items()})
+    assert blank.fingerprint() == bench.fingerprint()  # the pixels are not read
+    other = dataclasses.replace(bench, content_key="0" * 64)
+    assert other.fingerprint() != bench.fingerprint()
+    fewer = bench.with_tasks(bench.task_names[:2])
+    assert fewer.fingerprint() != bench.fingerprint()
+
+
+def test_evaluations_add_the_total_error(pristine, tmp_path):
+    bench = dataset(pristine["plain"], tmp_path / "cache").load()
+    protocol = bench.protocol.replace(epochs=1, batch_size=8, early_stopping=0)
+    bench = dataclasses.replace(bench, protocol=protocol)
+    metrics = retrain(bench, Plan.shared_bottom(bench.task_names, bench.backbone.block_names),
+                      Trainer(protocol), seed=0).metrics
+    for split in ("val", "test"):
+        assert metrics[f"{split}.total_error"] == pytest.approx(total_error(metrics, bench.task_names, split))
+    assert json.loads(bench.main_metrics_tag()) == {t: ["error", False] for t in bench.task_names}

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,12 @@ PROTOCOL_OPTIONS: dict[str, Option] = {
     "lr": Option(1e-3, "learning rate (> 0)", low=1e-12),
     "weight_decay": Option(0.0, "weight decay", low=0.0),
     "momentum": Option(0.9, "SGD momentum", low=0.0, high=1.0),
+    "nesterov": Option(True, "Nesterov momentum for SGD (needs momentum > 0)"),
     "lr_schedule": Option("cosine", "learning-rate schedule", choices=("constant", "cosine", "step")),
+    "lr_step_epochs": Option(None, "step schedule: multiply the lr by lr_gamma every this many epochs "
+                             "(none = at each third of the training steps)", low=1, type=int),
+    "lr_gamma": Option(0.1, "step schedule: the factor applied at each step (0 < gamma <= 1)",
+                       low=1e-12, high=1.0),
     "early_stopping": Option(0, "patience in epochs on the validation loss (0 = off)", low=0),
     "max_seconds": Option(None, "stop a run's training after this many seconds (none = no limit)",
                           low=1e-9, type=float),
@@ -65,7 +71,7 @@ PROTOCOL_OPTIONS: dict[str, Option] = {
     "divergence_factor": Option(1e3, "fail when the loss exceeds this multiple of its first value (> 1)",
                                 low=1.0 + 1e-9),
 }
-NULLABLE = frozenset({"max_seconds"})
+NULLABLE = frozenset({"max_seconds", "lr_step_epochs"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,10 @@ class TrainingProtocol:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    nesterov: bool = True
     lr_schedule: str = "cosine"
+    lr_step_epochs: int | None = None
+    lr_gamma: float = 0.1
     early_stopping: int = 0
     max_seconds: float | None = None
     threads: int = 1
@@ -102,6 +111,9 @@ class TrainingProtocol:
             if value is None:
                 raise OptionError(f"protocol.{key} cannot be empty; give {option.describe()}")
             object.__setattr__(self, key, option.validate("protocol", key, value))
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise OptionError("protocol: nesterov=true needs momentum > 0 (torch's SGD refuses it); "
+                              "give nesterov=false or a momentum such as 0.9")
 
     def replace(self, **changes: Any) -> TrainingProtocol:
         unknown = sorted(set(changes) - set(PROTOCOL_OPTIONS))
@@ -128,6 +140,15 @@ class Benchmark:
     It must accept any subset of the tasks (:meth:`with_tasks`) and keep the
     batch dimension; None (every benchmark without raw targets) leaves the
     targets as stored.
+    ``summary_metrics`` (optional) computes a split's benchmark-level metrics
+    from its per-task ones: ``(tasks, {"<task>.<metric>": value}) ->
+    {name: value}``, e.g. CelebA's ``total_error`` (the sum of the tasks'
+    errors in %, what its papers report); the trainer adds them to every
+    evaluation, so cells log ``test.total_error``. It must be picklable (a
+    module-level function). ``content_key`` (optional) identifies the data's
+    content (e.g. an image cache's key digest): :meth:`fingerprint` hashes it
+    instead of every input tensor, which for a full image dataset would read
+    gigabytes per cell.
     """
 
     name: str
@@ -139,6 +160,8 @@ class Benchmark:
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     target_transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    summary_metrics: Callable[[Sequence[TaskSpec], Mapping[str, float]], dict[str, float]] | None = None
+    content_key: str | None = None
 
     def __post_init__(self) -> None:
         missing = [s for s in SPLITS if s not in self.splits]
@@ -191,15 +214,34 @@ class Benchmark:
         groups = {n: self.groups[n] for n in names} if self.groups else None
         return dataclasses.replace(self, tasks=keep, splits=splits, groups=groups)
 
+    def main_metrics(self) -> dict[str, tuple[str, bool]]:
+        """task -> (its declared main metric, higher is better): what Δm and the reports use."""
+        return {t.name: (t.main_metric.name, t.main_metric.higher_is_better) for t in self.tasks}
+
+    def main_metrics_tag(self) -> str:
+        """:meth:`main_metrics` as the JSON of the ``bb.main_metrics`` tag the reports read."""
+        return json.dumps({task: list(spec) for task, spec in self.main_metrics().items()})
+
+    def summarise(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The benchmark-level metrics of one split's ``"<task>.<metric>"`` values (none by default)."""
+        return dict(self.summary_metrics(self.tasks, metrics)) if self.summary_metrics is not None else {}
+
     def fingerprint(self) -> str:
-        """A short hash of the data itself (inputs and targets of every split)."""
+        """A short hash of the data: of its ``content_key`` and split sizes when it has one (the key
+        covers inputs and targets, e.g. an image cache's), else of every split's inputs and targets."""
         digest = hashlib.sha256()
+        if self.content_key is not None:
+            digest.update(f"content {self.content_key}".encode())
         for split_name in SPLITS:
             split = self.splits[split_name]
             digest.update(split_name.encode())
-            digest.update(split.x.contiguous().cpu().numpy().tobytes())
+            if self.content_key is None:
+                digest.update(split.x.contiguous().cpu().numpy().tobytes())
+            else:
+                digest.update(f"{len(split)} {tuple(split.x.shape[1:])}".encode())
             for task in self.task_names:
                 digest.update(task.encode())
-                digest.update(split.y[task].contiguous().cpu().numpy().tobytes())
+                if self.content_key is None:
+                    digest.update(split.y[task].contiguous().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
 

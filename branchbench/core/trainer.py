@@ -25,6 +25,7 @@ reason, and an optional time limit.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -240,14 +241,26 @@ class Trainer:
             return torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
         if p.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
-        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+                               nesterov=p.nesterov)
 
-    def _make_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int):
-        kind = self.protocol.lr_schedule
-        if kind == "cosine":
+    def _make_schedule(self, optimizer: torch.optim.Optimizer, epoch_steps: Sequence[int]):
+        """The learning-rate schedule, stepped after every weight step; ``epoch_steps[e]`` is epoch e's steps.
+
+        ``step`` with ``lr_step_epochs = k`` multiplies the rate by ``lr_gamma``
+        before epochs k, 2k, ... (TAG's ``decay_lr``: ``if (epoch + 1) % 15 == 0:
+        lr /= 2`` after an epoch; DMTG's ``multi_step_lr`` milestones 15, 30, ...).
+        """
+        p = self.protocol
+        total_steps = sum(epoch_steps)
+        if p.lr_schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-        if kind == "step":
-            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 3), gamma=0.1)
+        if p.lr_schedule == "step" and p.lr_step_epochs is not None:
+            ends = list(itertools.accumulate(epoch_steps))  # steps done when each epoch ends
+            milestones = [ends[e - 1] for e in range(p.lr_step_epochs, len(ends), p.lr_step_epochs)]
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=p.lr_gamma)
+        if p.lr_schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 3), gamma=p.lr_gamma)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
     # ------------------------------------------------------------------- fit
@@ -292,8 +305,8 @@ class Trainer:
             return train
 
         steps_per_epoch = math.ceil(len(train) / p.batch_size)
-        total_steps = sum(math.ceil(len(weight_split(e)) / p.batch_size) for e in range(p.epochs))
-        schedule = self._make_schedule(optimizer, total_steps)
+        epoch_steps = [math.ceil(len(weight_split(e)) / p.batch_size) for e in range(p.epochs)]
+        schedule = self._make_schedule(optimizer, epoch_steps)
         extra_opts = [e.make_optimizer(list(e.params)) for e in extra]
 
         fit = FitState(model=model, epochs=p.epochs, steps_per_epoch=steps_per_epoch)
@@ -471,7 +484,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, bench: Benchmark, split: Split) -> dict[str, float]:
-        """Every task's metrics ``"<task>.<metric>"`` over a split, accumulated batch by batch.
+        """Every task's metrics ``"<task>.<metric>"`` over a split, accumulated batch by batch, and the
+        benchmark's summary metrics (e.g. CelebA's ``total_error``; :attr:`Benchmark.summary_metrics`).
 
         Dense tasks keep only per-batch statistics (see
         :class:`~branchbench.core.metrics.StreamingScores`), so a split's dense
@@ -486,7 +500,9 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 pred = model(self._input(bench, x, False))
             scores.update(pred, y)
-        return scores.compute()
+        out = scores.compute()
+        out.update(bench.summarise(out))
+        return out
 
     @torch.no_grad()
     def predict(self, model: nn.Module, bench: Benchmark, split: Split) -> dict[str, torch.Tensor]:

@@ -6,7 +6,8 @@ the same report can be rebuilt from any copy of the records. Files go to
 ``<reports_dir>/<dataset>/``: ``report.md`` (header, hyper-parameters, every
 table, the figures), each table as ``.csv`` (numbers) and ``.tex``, and PNG
 figures; the same files are logged to the parent run under
-``reports/<dataset>/``.
+``reports/<dataset>/``. Runs that follow a paper's protocol get a "published
+vs this suite" section (:mod:`branchbench.reports.published`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from branchbench.reports import figures, tables
+from branchbench.reports import figures, published, tables
 from branchbench.reports.formats import numbers_csv, to_latex, to_markdown
 
 
@@ -47,6 +48,7 @@ class DatasetReport:
     markdown: str
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=dict)  # name -> (numbers, strings)
     figures: dict[str, Figure] = field(default_factory=dict)
+    published_vs_ours: published.PublishedSection | None = None
 
 
 def commits(runs: pd.DataFrame) -> list[str]:
@@ -63,6 +65,7 @@ def dataset_report(
     header: Header,
     plans: Mapping[str, Mapping[str, Any]] | None = None,
     with_figures: bool = True,
+    published_path: str | Path | None = None,
 ) -> DatasetReport:
     """Tables, figures and Markdown of one dataset's runs (pure: no store access).
 
@@ -81,6 +84,10 @@ def dataset_report(
     grouping = tables.grouping(runs, plans)
     if not grouping.empty:
         report.tables["grouping"] = (grouping, tables.format_grouping(grouping))
+    report.published_vs_ours = published.section(runs, published_path)
+    if report.published_vs_ours is not None and report.published_vs_ours.figures:
+        numbers = report.published_vs_ours.table
+        report.tables["published"] = (numbers, published.format_table(numbers))
     gains = tables.task_gains(runs)
     if with_figures and not summary.empty:
         for name, label in figures.COST_AXES.items():
@@ -113,6 +120,9 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
                   "ARI of each block's partition of tasks against the truth; recovered: seeds whose plan",
                   "recovers the grouping; stability: mean pairwise ARI of the seeds' partitions.", "",
                   to_markdown(report.tables["grouping"][1]), ""]
+    if report.published_vs_ours is not None:
+        shown = report.tables.get("published")
+        parts += published.markdown(report.published_vs_ours, to_markdown(shown[1]) if shown else None)
     parts += ["## Hyper-parameters", ""]
     for method, options in tables.hyperparameters(runs).items():
         text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"

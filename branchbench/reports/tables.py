@@ -19,6 +19,7 @@ the Markdown and LaTeX tables.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -88,13 +89,64 @@ def _budget_key(label: str) -> float:
 
 
 def main_metrics(runs: pd.DataFrame) -> dict[str, tuple[str, bool]]:
-    """task -> (metrics column of its main test metric, higher is better), in task order."""
+    """task -> (metrics column of its main test metric, higher is better), in task order.
+
+    A task's main metric is the one its TaskSpec declares first, the one Δm is
+    computed on: read from the runs' ``bb.main_metrics`` tag
+    (:meth:`~branchbench.core.benchmark.Benchmark.main_metrics_tag`) where they
+    carry it, else inferred from the metric names (:func:`_named_main_metrics`).
+    """
+    declared = declared_main_metrics(runs)
+    found: dict[str, tuple[str, bool]] = {}
+    for task, (metric, higher) in declared.items():
+        column = f"metrics.test.{task}.{metric}"
+        if column in runs and runs[column].notna().any():
+            found[task] = (column, higher)
+    for task, spec in _named_main_metrics(runs).items():
+        if task not in declared:
+            found[task] = spec
+    return dict(sorted(found.items(), key=lambda kv: _natural(kv[0])))
+
+
+MAIN_METRICS_TAG = "tags.bb.main_metrics"
+
+
+def declared_main_metrics(runs: pd.DataFrame) -> dict[str, tuple[str, bool]]:
+    """task -> (main metric, higher is better) from the runs' ``bb.main_metrics`` tags (JSON)."""
+    out: dict[str, tuple[str, bool]] = {}
+    if MAIN_METRICS_TAG not in runs:
+        return out
+    for text in runs[MAIN_METRICS_TAG].dropna().unique():
+        for task, (metric, higher) in json.loads(text).items():
+            out.setdefault(task, (str(metric), bool(higher)))
+    return out
+
+
+def _named_main_metrics(runs: pd.DataFrame) -> dict[str, tuple[str, bool]]:
+    """Main metrics inferred from names, for runs without the tag: the first metric of each kind
+    (core.tasks), except that a logged ``error`` wins over ``accuracy``: ``error`` is never a default
+    metric, so a task logs it only where its dataset declares it, first (CelebA), for papers that
+    report errors."""
+    named = {**MAIN_METRICS, "error": False}
     found: dict[str, tuple[str, bool]] = {}
     for column in runs.columns:
         match = re.fullmatch(r"metrics\.test\.(.+)\.([^.]+)", column)
-        if match and match.group(2) in MAIN_METRICS and runs[column].notna().any():
-            found[match.group(1)] = (column, MAIN_METRICS[match.group(2)])
-    return dict(sorted(found.items(), key=lambda kv: _natural(kv[0])))
+        if match and match.group(2) in named and runs[column].notna().any():
+            task, metric = match.groups()
+            if metric == "error" or not found.get(task, ("", True))[0].endswith(".error"):
+                found[task] = (column, named[metric])
+    return found
+
+
+def summary_metrics(runs: pd.DataFrame) -> dict[str, str]:
+    """label -> column of each benchmark-level test metric (``test.<name>`` without a task, e.g.
+    CelebA's ``total_error``; :attr:`~branchbench.core.benchmark.Benchmark.summary_metrics`)."""
+    out: dict[str, str] = {}
+    for column in runs.columns:
+        match = re.fullmatch(r"metrics\.test\.([^.]+)", column)
+        if match and runs[column].notna().any():
+            out[match.group(1).replace("_", " ")] = column
+    return dict(sorted(out.items()))
 
 
 def _natural(text: str) -> list[Any]:
@@ -141,6 +193,9 @@ def summary(runs: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES) -> pd.Data
                            "data_seed": runs["data_seed"], "seed": runs["seed"]})
     quality = [DELTA_M]
     values[DELTA_M] = runs[COSTS[DELTA_M][0]] if COSTS[DELTA_M][0] in runs else np.nan
+    for label, column in summary_metrics(runs).items():
+        values[label] = runs[column]
+        quality.append(label)
     kinds: dict[str, list[str]] = {}
     for column, _ in tasks.values():
         kinds.setdefault(_metric_name(column), []).append(column)
