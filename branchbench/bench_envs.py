@@ -82,9 +82,38 @@ list_eval_partition.csv with images in <folder>/img_align_celeba/img_align_celeb
 Then set CELEBA_ROOT=<folder> (tox passes it through), or give --root <folder>, and run again.
 `tox -e celeba -- --smoke` runs the same pipeline on a small generated fixture instead."""
 
+# --------------------------------------------------------------- Taskonomy
+def _taskonomy_check(root: Path) -> str:
+    from branchbench.datasets.taskonomy import find_layout
+
+    layout = find_layout(root)
+    return f"the {layout.name} layout"
+
+
+def _taskonomy_fixture(folder: Path) -> Path:
+    from branchbench.datasets.fixtures import write_taskonomy_fixture
+
+    return write_taskonomy_fixture(folder / "taskonomy")
+
+
+TASKONOMY_HELP = """\
+Get Taskonomy's tiny split (25 train, 5 val, 5 test buildings; free for research) from the Taskonomy
+project's per-building archives or with the Omnidata downloader (omnidata-tools, component "taskonomy",
+subset "tiny"), with the domains rgb, normal, depth_zbuffer, segment_semantic, keypoints2d and
+edge_texture. Any of these layouts is read:
+    <folder>/<building>/rgb/point_<P>_view_<V>_domain_rgb.png   (and normal/, depth_zbuffer/,
+        segment_semantic/, keypoints2d/, edge_texture/ beside rgb/, one file per view)
+    <folder>/rgb/taskonomy/<building>/...                        (the downloader's)
+    <folder>/rgb/<building>/...
+Then set TASKONOMY_ROOT=<folder> (tox passes it through), or give --root <folder>, and run again.
+`tox -e taskonomy -- --smoke` runs the same pipeline on a small generated fixture instead."""
+
 BENCHES: dict[str, Bench] = {
     "celeba": Bench("celeba", {"celeba9": "celeba9.toml", "celeba40": "celeba40.toml"}, "celeba_smoke.toml",
                     "CELEBA_ROOT", _celeba_check, _celeba_fixture, CELEBA_HELP),
+    "taskonomy": Bench("taskonomy", {"taskonomy5": "taskonomy.toml", "taskonomy5_small": "taskonomy_small.toml"},
+                       "taskonomy_smoke.toml", "TASKONOMY_ROOT", _taskonomy_check, _taskonomy_fixture,
+                       TASKONOMY_HELP),
 }
 
 

@@ -80,3 +80,18 @@ def test_smoke_runs_the_pipeline_end_to_end_on_the_fixture(tmp_path, monkeypatch
         gains = [(1 if higher else -1) * (row[col] - reference[col]) / abs(reference[col])
                  for col, higher in chosen.values()]
         assert 100 * np.mean(gains) == pytest.approx(row["metrics.delta_m"], rel=1e-6, abs=1e-9)
+
+
+def test_taskonomy_without_data_says_where_to_get_it_and_smoke_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TASKONOMY_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert bench_envs.main(["taskonomy", "--device", "cpu"]) == 2
+    message = capsys.readouterr().err
+    for needed in ("TASKONOMY_ROOT", "tiny", "depth_zbuffer", "segment_semantic", "--smoke"):
+        assert needed in message
+    assert _no_files_written(tmp_path) == []
+    work, reports = tmp_path / "work", tmp_path / "reports"
+    assert bench_envs.main(["taskonomy", "--smoke", "--work", str(work), "--reports-dir", str(reports),
+                            "--methods", "shared_bottom", "--device", "cpu", "--quiet"]) == 0
+    assert "shared_bottom" in (reports / "taskonomy5" / "report.md").read_text()
