@@ -32,6 +32,7 @@ from branchbench.core.budget import BudgetError
 from branchbench.core.metrics import delta_m, grouping_scores, measure_latency
 from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
+from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import DivergenceError, resolve_amp
 from branchbench.locks import FileLock
 from branchbench.plugins import RegistryError, get_method_class
@@ -268,7 +269,7 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
     truth = bench.true_partition()
     if truth is not None:
         metrics.update({f"grouping.{k}": v for k, v in grouping_scores(plan, truth).items()})
-    metrics.update(main_metrics(bench, metrics))
+    metrics.update(main_metrics(bench.tasks, metrics))
     tracking.log_metrics(run_id, metrics)
     tracking.set_description(run_id, run_description(cell, bench, metrics, plan))
     tracking.log_state_dict(run_id, retrained.net.state_dict())
@@ -289,7 +290,7 @@ def log_dataset_input(tracking: Tracking, run_id: str, cell: Cell, bench: Benchm
     )
 
 
-def main_metrics(bench: Benchmark, metrics: dict[str, float]) -> dict[str, float]:
+def main_metrics(tasks: list[TaskSpec], metrics: dict[str, float]) -> dict[str, float]:
     """The headline scores under names that are the same on every dataset.
 
     ``main.<task>``: the task's main test metric (the first of its kind's, e.g.
@@ -299,7 +300,7 @@ def main_metrics(bench: Benchmark, metrics: dict[str, float]) -> dict[str, float
     """
     out: dict[str, float] = {}
     by_metric: dict[str, list[float]] = {}
-    for task in bench.tasks:
+    for task in tasks:
         value = metrics.get(f"test.{task.name}.{task.main_metric.name}")
         if value is not None:
             out[f"main.{task.name}"] = value

@@ -177,7 +177,7 @@ def write_report(report: DatasetReport, folder: Path) -> list[Path]:
 # ------------------------------------------------------------------ HTML
 HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;max-width:80em;color:#222}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}
-th{background:#f3f3f3}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}
+th{background:#f3f3f3}td{text-align:right;white-space:nowrap}td:first-child,td:nth-child(2){text-align:left}
 img{max-width:100%;margin:.5em 0}code{background:#f3f3f3;padding:0 .2em}"""
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 
