@@ -9,11 +9,17 @@ that the URL names with ``?viewStateShareKey=<id>``. So the suite saves its
 view through MLflow's API (tag :data:`VIEW_ID`, rewritten at every start from
 the metrics the store holds) and prints the URL naming it; the view is also
 listed by name among the experiment's saved views, and the user's own changes
-to the table are theirs to keep or save. Tested against MLflow 3.17's UI.
+to the table are theirs to keep or save. The URL also says
+``workflowType=machine_learning``: MLflow 3.17 shows its GenAI pages (traces,
+judges, runs named "Evaluations") unless the browser's sidebar switch or the
+URL says model training. The saved column order is best effort: on a
+browser's first visit MLflow sometimes lays the grid out before the view
+arrives and keeps metrics in name order. Tested against MLflow 3.17's UI.
 
-The server listens on 127.0.0.1 only, with one worker and MLflow's background
-job execution off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: the job
-runner is for GenAI evaluation, which branchbench never uses). It runs in its
+The server listens on 127.0.0.1 unless ``--host`` says otherwise, with one
+worker and MLflow's background job execution off
+(``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: the job runner is for GenAI
+evaluation, which branchbench never uses). It runs in its
 own process group, so stopping it (Ctrl-C, or :meth:`UIServer.stop`) ends
 every process it started, including uvicorn's workers.
 """

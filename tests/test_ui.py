@@ -171,6 +171,7 @@ def test_ui_serves_the_kind_datasets_descriptions_and_report_and_ctrl_c_stops_it
 
 
 # ------------------------------------------------------------ a real browser
+@pytest.fixture(scope="module")
 def browser() -> tuple[str, str]:
     """Chromium and its driver from the distribution, and Selenium; skip (fail on CI) without them."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -188,8 +189,8 @@ def browser() -> tuple[str, str]:
     return chromium, driver
 
 
-def test_the_printed_url_opens_the_runs_table_on_the_comparison(sweep, tmp_path, monkeypatch):
-    chromium, driver_path = browser()
+def test_the_printed_url_opens_the_runs_table_on_the_comparison(browser, sweep, tmp_path, monkeypatch):
+    chromium, driver_path = browser  # checked before the sweep is made
     from selenium import webdriver
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
