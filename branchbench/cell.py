@@ -32,6 +32,7 @@ from branchbench.core.budget import BudgetError
 from branchbench.core.metrics import delta_m, grouping_scores, measure_latency
 from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
+from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import DivergenceError, resolve_amp
 from branchbench.locks import FileLock
 from branchbench.plugins import RegistryError, get_method_class
@@ -142,6 +143,7 @@ def _open_run(cell: Cell, tracking: Tracking, parent_run_id: str | None, device:
     if differences:
         tags["bb.method_differences"] = differences
     run_id = tracking.start_run(cell.name, tags, parent_run_id)
+    tracking.set_description(run_id, run_description(cell))
     tracking.log_params(run_id, flat_params(cell.resolved))
     tracking.log_object(run_id, "config.json", cell.resolved)
     return run_id, False
@@ -193,6 +195,7 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
     if bench.groups is not None:
         tags["bb.groups"] = json.dumps(bench.groups, sort_keys=True)
     tracking.set_tags(run_id, tags)
+    log_dataset_input(tracking, run_id, cell, bench, tags["bb.data_fingerprint"])
     progress = CellProgress(tracking.checkpoint_root / cell.hash)
     before = float(progress.load().get("search_seconds", 0.0))
     search_start = time.perf_counter()
@@ -266,9 +269,68 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
     truth = bench.true_partition()
     if truth is not None:
         metrics.update({f"grouping.{k}": v for k, v in grouping_scores(plan, truth).items()})
+    metrics.update(main_metrics(bench.tasks, metrics))
     tracking.log_metrics(run_id, metrics)
+    tracking.set_description(run_id, run_description(cell, bench, metrics, plan))
     tracking.log_state_dict(run_id, retrained.net.state_dict())
     return metrics
+
+
+# ------------------------------------------------- what the MLflow UI shows
+def log_dataset_input(tracking: Tracking, run_id: str, cell: Cell, bench: Benchmark, fingerprint: str) -> None:
+    """The cell's data as an MLflow dataset input: its name, the digest of its options (the data key,
+    which changes with every option and data seed) and its split sizes."""
+    sizes = {name: len(split) for name, split in bench.splits.items()}
+    tracking.log_dataset(
+        run_id, cell.dataset, cell.data_key,
+        source={"dataset": cell.dataset_kind, "options": cell.dataset_options},
+        profile={"num_rows": sum(sizes.values()), "splits": sizes, "tasks": len(bench.tasks),
+                 "data_fingerprint": fingerprint},
+        context="+".join(sizes),
+    )
+
+
+def main_metrics(tasks: list[TaskSpec], metrics: dict[str, float]) -> dict[str, float]:
+    """The headline scores under names that are the same on every dataset.
+
+    ``main.<task>``: the task's main test metric (the first of its kind's, e.g.
+    accuracy, mse, miou, error for CelebA); ``main.mean_<metric>``: their mean
+    over the tasks that share a main metric, where two or more do (the report's
+    "mean <metric>" column; metrics of different kinds are never averaged).
+    """
+    out: dict[str, float] = {}
+    by_metric: dict[str, list[float]] = {}
+    for task in tasks:
+        value = metrics.get(f"test.{task.name}.{task.main_metric.name}")
+        if value is not None:
+            out[f"main.{task.name}"] = value
+            by_metric.setdefault(task.main_metric.name, []).append(value)
+    for name, values in by_metric.items():
+        if len(values) >= 2:
+            out[f"main.mean_{name}"] = sum(values) / len(values)
+    return out
+
+
+def run_description(cell: Cell, bench: Benchmark | None = None, metrics: dict[str, float] | None = None,
+                    plan: Plan | None = None) -> str:
+    """The run's description (Markdown): what ran, then, once it finished, the key result and the tree."""
+    budget = "no budget cap" if cell.budget.ratio is None else f"budget {cell.budget.ratio:g}× shared-bottom's parameters"
+    lines = [f"**{cell.method}** on **{cell.dataset}**: {budget}; training seed {cell.seed}, data seed {cell.data_seed}"
+             + ("; fine-tuned from the search weights" if cell.finetune else "; retrained from scratch") + "."]
+    if metrics is None or plan is None or bench is None:
+        return lines[0] + "\n\nRunning (or stopped before its result); see the run's status."
+    result = [f"Δm **{metrics['delta_m']:+.2f} %** vs independent networks"] if "delta_m" in metrics else []
+    result += [f"{key[len('main.'):].replace('_', ' ')} {value:.4g}" for key, value in metrics.items()
+               if key.startswith("main.mean_")]
+    result.append(f"{metrics['budget_ratio']:.2f}× shared-bottom's parameters ({metrics['params']:,.0f})")
+    if "grouping.recovered" in metrics:
+        result.append("task groups recovered" if metrics["grouping.recovered"] else "task groups not recovered")
+    lines += ["", "; ".join(result) + ".", "", "Tree (tasks that share an activation after each block):", ""]
+    for level, block in enumerate(plan.blocks):
+        groups = [("skip: " if key[-1] is None else "") + " ".join(tasks)
+                  for key, tasks in plan.activations(level).items()]
+        lines.append(f"- `{block}`: " + " | ".join(groups))
+    return "\n".join(lines)
 
 
 def flat_params(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     _common(report)
 
-    ui = sub.add_parser("ui", help="open the MLflow UI on the same store (127.0.0.1)")
+    ui = sub.add_parser("ui", help="the MLflow UI on the same store (127.0.0.1), opened on the comparison of methods")
     ui.add_argument("--port", type=_port, default=5000, help="port (default: %(default)s; 0 = any free port)")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     _common(ui)

@@ -40,6 +40,8 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https", "databricks")
 # the experiment tag that makes MLflow's UI open on training runs, not GenAI traces
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description, rendered as Markdown on its page
+DATA_CONTEXT_TAG = "mlflow.data.context"  # how a run used a dataset input (shown beside it)
 
 
 class TrackingError(ValueError):
@@ -137,6 +139,7 @@ class Tracking:
             if found.lifecycle_stage == "deleted":
                 raise TrackingError(f"experiment {name!r} is deleted in {self.uri}; restore it in the MLflow UI "
                                     "or choose another with --experiment")
+            self._ensure_kind(found)
             return found.experiment_id
         location = (self.root / ARTIFACT_DIR).as_uri() if sqlite_path(self.uri) else None
         try:
@@ -146,6 +149,15 @@ class Tracking:
             if found is None:
                 raise
             return found.experiment_id
+
+    def _ensure_kind(self, experiment: Any) -> None:
+        """Tag an experiment made before the kind tag (or by hand) as model training, once."""
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in experiment.tags:
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
+
+    def experiment_tags(self) -> dict[str, str]:
+        return dict(self.client.get_experiment(self.experiment_id).tags)
 
     @property
     def checkpoint_root(self) -> Path:
@@ -180,6 +192,26 @@ class Tracking:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
+
+    def set_description(self, run_id: str, text: str) -> None:
+        """The run's description (Markdown), shown on its page in the MLflow UI."""
+        self.set_tags(run_id, {DESCRIPTION_TAG: text})
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: Mapping[str, Any],
+                    profile: Mapping[str, Any], context: str) -> None:
+        """Record the run's data as an MLflow dataset input (the UI's Dataset column and drawer).
+
+        The same dataset input logged again (a resumed run) is recorded once.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="branchbench",
+                          source=json.dumps(source, sort_keys=True, default=_json_default),
+                          profile=json.dumps(profile, default=_json_default))
+        if any(item.dataset.name == name and item.dataset.digest == digest
+               for item in self.get_run(run_id).inputs.dataset_inputs):
+            return
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag(DATA_CONTEXT_TAG, context)])])
 
     def set_experiment_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():

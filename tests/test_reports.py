@@ -228,3 +228,60 @@ def test_no_grouping_table_for_data_without_groups_in_a_shared_store():
         "metrics.grouping.ari.fc0": [np.nan, np.nan], "metrics.grouping.recovered": [np.nan, np.nan],
     })
     assert tables.grouping(runs).empty
+
+
+# ------------------------------------------------------ browsing the report in MLflow
+def test_report_html_is_one_page_with_its_tables_lists_and_figures_inline():
+    from branchbench.reports.build import report_html
+
+    markdown = ("# report: toy\n\n- commit: **abc**\n- store `mlruns.db`\n\nA <b> paragraph\non two lines.\n\n"
+                "| method | Δm (%) |\n|---|---|\n| learn_to_branch | +1.00 ± 0.50 |\n\n![trees](trees.png)\n"
+                "![missing](gone.png)\n")
+    page = report_html(markdown, {"trees.png": b"\x89PNG-bytes"}, "toy")
+    assert "<h1>report: toy</h1>" in page and "<li>commit: <strong>abc</strong></li>" in page
+    assert "<code>mlruns.db</code>" in page and "<p>A &lt;b&gt; paragraph on two lines.</p>" in page
+    assert "<th>Δm (%)</th>" in page and "<td>learn_to_branch</td><td>+1.00 ± 0.50</td>" in page
+    assert "src='data:image/png;base64,iVBORy1ieXRlcw=='" in page and "src='gone.png'" in page
+
+
+def test_summary_metrics_have_names_mlflow_accepts(runs):
+    from mlflow.utils.validation import _validate_metric_name
+
+    from branchbench.reports.build import summary_metrics
+
+    metrics = summary_metrics("toy", tables.summary(toy(runs)))
+    assert metrics["toy/learn_to_branch/budget_1.5/delta_m"] == pytest.approx(15.0)
+    assert metrics["toy/learn_to_branch/budget_1.5/n"] == 3 and metrics["toy/adashare/budget_none/n"] == 2
+    for name in metrics:
+        _validate_metric_name(name)
+
+
+def test_trees_figure_names_every_task_in_its_groups_colour_at_40_tasks():
+    from matplotlib.colors import to_hex
+
+    from branchbench.core.plan import Plan
+
+    tasks = [f"attribute_{i}" for i in range(40)]
+    groups = {t: i % 8 for i, t in enumerate(tasks)}
+    by_group = [[t for t in tasks if groups[t] == g] for g in range(8)]
+    blocks = ["layer1", "layer2", "layer3"]
+    learned = Plan.from_partitions(tasks, blocks, [[tasks], [sum(by_group[:4], []), sum(by_group[4:], [])], by_group])
+    assert figures.tree_order(learned)[:5] == by_group[0][:5]  # tasks of one branch sit together
+    fig = figures.trees_figure({"learned": (learned.to_dict(), groups),
+                                "shared_bottom": (Plan.shared_bottom(tasks, blocks).to_dict(), groups)}, "celeba")
+    labels = {text.get_text(): to_hex(text.get_color()) for ax in fig.axes for text in ax.texts}
+    assert set(labels) == set(tasks)
+    assert len({labels[t] for t in by_group[0]}) == 1 and labels["attribute_0"] != labels["attribute_1"]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend == [f"group {g}" for g in range(8)]
+
+
+def test_pareto_error_bars_have_their_methods_colour(runs):
+    from matplotlib.collections import LineCollection, PathCollection
+    from matplotlib.colors import to_hex
+
+    fig = figures.pareto_figure(tables.summary(toy(runs)), "params", "toy")
+    ax = fig.axes[0]
+    bars = {to_hex(c.get_color()[0]) for c in ax.collections if isinstance(c, LineCollection)}
+    points = {to_hex(color) for c in ax.collections if isinstance(c, PathCollection) for color in c.get_facecolor()}
+    assert bars and bars <= points and len(bars) == len(set(toy(runs)["method"]))

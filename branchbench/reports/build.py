@@ -4,15 +4,20 @@ Only :func:`build_reports` touches the store (through :class:`Tracking`);
 :func:`dataset_report` is a pure function of the runs frame and the plans, so
 the same report can be rebuilt from any copy of the records. Files go to
 ``<reports_dir>/<dataset>/``: ``report.md`` (header, hyper-parameters, every
-table, the figures), each table as ``.csv`` (numbers) and ``.tex``, and PNG
-figures; the same files are logged to the parent run under
-``reports/<dataset>/``. Runs that follow a paper's protocol get a "published
-vs this suite" section (:mod:`branchbench.reports.published`).
+table, the figures), ``report.html`` (the same page with its figures inline,
+which MLflow's artifact viewer renders), each table as ``.csv`` (numbers) and
+``.tex``, and PNG figures; the same files are logged to the parent run under
+``reports/<dataset>/``, with the summary's headline numbers as the parent's
+metrics (:func:`summary_metrics`). Runs that follow a paper's protocol get a
+"published vs this suite" section (:mod:`branchbench.reports.published`).
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +181,101 @@ def write_report(report: DatasetReport, folder: Path) -> list[Path]:
         fig.savefig(folder / f"{name}.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(folder / f"{name}.png")
+    images = {path.name: path.read_bytes() for path in written if path.suffix == ".png"}
+    written.append(folder / "report.html")
+    written[-1].write_text(report_html(report.markdown, images, f"branchbench report: {report.dataset}"))
     return written
+
+
+# ------------------------------------------------------------------ HTML
+HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;max-width:80em;color:#222}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}
+th{background:#f3f3f3}td{text-align:right;white-space:nowrap}td:first-child,td:nth-child(2){text-align:left}
+img{max-width:100%;margin:.5em 0}code{background:#f3f3f3;padding:0 .2em}"""
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+
+
+def report_html(markdown: str, images: Mapping[str, bytes], title: str) -> str:
+    """The report's Markdown as one self-contained HTML page (figures inline as data URIs).
+
+    Covers what the report writes: headings, paragraphs, lists, pipe tables,
+    images, **bold** and `code`. MLflow's artifact viewer shows HTML in a frame
+    that cannot fetch the PNGs beside it, hence the inline figures.
+    """
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{HTML_STYLE}</style></head><body>"]
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if not line:
+            i += 1
+        elif heading := re.match(r"(#{1,6}) (.*)", line):
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
+                    rows.append(cells)
+                i += 1
+            head, body = rows[0], rows[1:]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body)
+                       + "</table>")
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        elif image := IMAGE.fullmatch(line):
+            alt, src = image.groups()
+            data = images.get(src)
+            source = f"data:image/png;base64,{base64.b64encode(data).decode()}" if data else html.escape(src)
+            out.append(f"<p><img alt='{html.escape(alt)}' src='{source}'></p>")
+            i += 1
+        else:
+            paragraph = [line.strip()]
+            i += 1
+            while i < len(lines) and lines[i].strip() and not re.match(r"(#|\||- |!\[)", lines[i]):
+                paragraph.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+    return "\n".join(out) + "\n</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def summary_metrics(dataset: str, summary: pd.DataFrame) -> dict[str, float]:
+    """The summary's headline numbers as metric names that stay the same from sweep to sweep.
+
+    ``<dataset>/<method>/budget_<budget>/delta_m`` (and ``delta_m_std``), ``mean_<metric>``
+    for each metric kind averaged over its tasks, ``params`` and ``n``; MLflow's
+    charts put each dataset in its own section.
+    """
+    out: dict[str, float] = {}
+    for (method, budget), row in summary.iterrows():
+        prefix = "/".join(_metric_part(p) for p in (dataset, method, f"budget_{budget}"))
+        for (quantity, statistic), value in row.items():
+            name = {("Δm (%)", "mean"): "delta_m", ("Δm (%)", "std"): "delta_m_std", ("params", "mean"): "params",
+                    ("n", ""): "n"}.get((quantity, statistic))
+            if name is None and statistic == "mean" and quantity.startswith("mean "):
+                name = "mean_" + quantity[len("mean "):]
+            if name is not None and pd.notna(value):
+                out[f"{prefix}/{_metric_part(name)}"] = float(value)
+    return out
+
+
+def _metric_part(text: str) -> str:
+    """Characters MLflow accepts in a metric name (letters, digits, _ - .)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(text)).strip("_") or "_"
 
 
 def build_reports(
@@ -206,4 +305,5 @@ def build_reports(
         if log and parent_run_id is not None:
             for path in files:
                 tracking.log_file(parent_run_id, path, f"reports/{dataset}")
+            tracking.log_metrics(parent_run_id, summary_metrics(dataset, report.tables["summary"][0]))
     return written
