@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from branchbench.reports import figures, tables
+from branchbench.reports import figures, tables, tuning
 from branchbench.reports.formats import numbers_csv, to_latex, to_markdown
 
 
@@ -113,6 +113,7 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
                   "ARI of each block's partition of tasks against the truth; recovered: seeds whose plan",
                   "recovers the grouping; stability: mean pairwise ARI of the seeds' partitions.", "",
                   to_markdown(report.tables["grouping"][1]), ""]
+    parts += tuning.section(runs)
     parts += ["## Hyper-parameters", ""]
     for method, options in tables.hyperparameters(runs).items():
         text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"
