@@ -30,7 +30,9 @@ defaults). Trial ``k`` is suggested by a TPE sampler seeded from (sampler seed,
 ``k``), so its options depend only on the seed and the trials before it,
 interrupted or not.
 
-The chosen options (the best finished trial's) are written to a TOML file
+The chosen options (the best of the study's first ``N`` finished trials, so a
+study that an earlier call took further still reports exactly ``N`` trials) are
+written to a TOML file
 (``tuned/<config>/<method>.toml`` beside the config by default) holding
 ``[methods.<name>]`` and a ``[tuning]`` record (trials, objective, seeds, study);
 a sweep includes it with ``[sweep] include = [...]``
@@ -152,17 +154,17 @@ def make_request(cfg: SweepConfig, method: str, trials: int, dataset: str | None
 
 
 # ------------------------------------------------------------------ trials
-def trial_config(request: TuneRequest, options: Mapping[str, Any], name: str) -> SweepConfig:
+def trial_config(request: TuneRequest, options: Mapping[str, Any], study: str, number: int) -> SweepConfig:
     """The sweep of one trial: the dataset at the development data seeds, the method with ``options``."""
     cfg = request.cfg
     component = request.component
     method = Component(component.kind, {**request.base_options(), **dict(options)})
     return SweepConfig(
-        name=name, seeds=list(request.seeds), budgets=list(cfg.budgets), protocol=dict(cfg.protocol),
+        name=f"{study}-t{number}", seeds=list(request.seeds), budgets=list(cfg.budgets), protocol=dict(cfg.protocol),
         datasets={request.dataset: cfg.datasets[request.dataset]}, methods={request.method: method},
         data_seeds=list(request.data_seeds) if request.data_seeds else None, finetune=cfg.finetune,
         experiment=cfg.experiment, source=cfg.source,
-        raw={"tuning": {"study": name.rsplit("-t", 1)[0], "method": request.method,
+        raw={"tuning": {"study": study, "trial": number, "method": request.method,
                         "data_seeds": request.data_seeds or FIXED_SPLIT, "seeds": request.seeds},
              "methods": {request.method: {"kind": component.kind, **method.options}}},
     )
@@ -216,7 +218,7 @@ class TrialOutcome:
     failure: str | None = None
 
 
-def run_trial(request: TuneRequest, options: Mapping[str, Any], name: str, tracking: Any, *,
+def run_trial(request: TuneRequest, options: Mapping[str, Any], study: str, number: int, tracking: Any, *,
               executor: str = "local", workers: int = 1, address: str | None = None,
               device: str | None = None, out: Callable[[str], None] = emit) -> TrialOutcome:
     """Run one trial's cells through the sweep executors and score them on validation."""
@@ -227,7 +229,7 @@ def run_trial(request: TuneRequest, options: Mapping[str, Any], name: str, track
     from branchbench.resolve import CellError
     from branchbench.runner import cell_states, plan_sweep, prepare_data, run_sweep
 
-    cfg = trial_config(request, options, name)
+    cfg = trial_config(request, options, study, number)
     try:
         cells = plan_sweep(cfg)
     except (OptionError, CellError, BudgetError, PlanError) as err:  # options the method refuses with this protocol
@@ -235,8 +237,7 @@ def run_trial(request: TuneRequest, options: Mapping[str, Any], name: str, track
     prepare_data(cells, out)
     result = run_sweep(cfg, tracking, executor=executor, workers=workers, address=address, device=device,
                        quiet=True, out=lambda line: out(f"    {line}"), cells=cells)
-    tracking.set_tags(result.parent_run_id, {"bb.tuning_study": name.rsplit("-t", 1)[0],
-                                             "bb.tuning_trial": name.rsplit("-t", 1)[1]})
+    tracking.set_tags(result.parent_run_id, {"bb.tuning_study": study, "bb.tuning_trial": str(number)})
     outcome = TrialOutcome(None, result.parent_run_id,
                            new_cells=sum(r.status == "finished" for r in result.results))
     if result.failed:
@@ -308,7 +309,9 @@ def tune(request: TuneRequest, tracking: Any, storage: str, output: Path | None 
     name = request.study_name()
     space = request.space()
     with locked(tracking.checkpoint_root / f"tune-{name}.lock"):  # one process per study: open trials are stale
-        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+        with locked(tracking.checkpoint_root / "optuna-create.lock"):  # creating the storage's tables races
+            study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                        load_if_exists=True)
         if not study.trials:
             study.set_user_attr("objective", OBJECTIVE)
             study.set_user_attr("request", _record(request))
@@ -321,8 +324,7 @@ def tune(request: TuneRequest, tracking: Any, storage: str, output: Path | None 
 
         def evaluate(number: int, options: dict[str, Any]) -> TrialOutcome:
             start = time.perf_counter()
-            trial_name = f"{name}-t{number}"
-            result = run_trial(request, options, trial_name, tracking, executor=executor, workers=workers,
+            result = run_trial(request, options, name, number, tracking, executor=executor, workers=workers,
                                address=address, device=device, out=out)
             shown = " ".join(f"{k}={_short(v)}" for k, v in options.items())
             verdict = (f"val Δm {result.value:+.3f}%" if result.value is not None else f"FAILED ({result.failure})")
@@ -339,7 +341,8 @@ def tune(request: TuneRequest, tracking: Any, storage: str, output: Path | None 
             trial = study.ask()
             _tell(study, trial, evaluate(trial.number, suggest(trial, space)))
 
-    finished = _finished(study)
+    # the first N finished trials: a study continued past N by an earlier call still reports N (parity)
+    finished = sorted(_finished(study), key=lambda t: t.number)[: request.trials]
     result = TuneResult(name, len(finished), sum(t.state == TrialState.COMPLETE for t in finished))
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     if not complete:

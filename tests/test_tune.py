@@ -156,6 +156,10 @@ def test_a_second_tune_resumes_the_study_and_finishes_an_open_trial(study, capsy
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
     assert "left open by an interrupted run" in capsys.readouterr().out
     assert _tuned(study)["tuning"]["trials"] == 3
+    assert main([*args, "--trials", "1"]) == 0  # fewer than the study holds: the first trial alone, for parity
+    assert len(_study(study).trials) == 3
+    record = _tuned(study)["tuning"]
+    assert record["trials"] == 1 and record["best_trial"] == 0
 
 
 @pytest.mark.parametrize("extra, message", [
