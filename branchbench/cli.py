@@ -406,7 +406,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from branchbench.config import load_config
     from branchbench.seeds import SeedError, SeedWarning
-    from branchbench.tracking import Tracking, default_uri
+    from branchbench.tracking import Tracking, check_uri, default_uri
     from branchbench.tune import TuneError, default_output, make_request, optuna_storage, tune
 
     with warnings.catch_warnings():  # tuning draws its own (development) data seeds, not the config's
@@ -416,6 +416,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         request = make_request(cfg, args.method, args.trials, args.dataset, args.data_seeds, args.seeds,
                                args.sampler_seed)
         uri = args.tracking_uri or default_uri()
+        check_uri(uri)
         storage = optuna_storage(uri, args.optuna_storage)
     except (TuneError, SeedError) as err:
         raise UsageError(str(err)) from None
