@@ -61,6 +61,13 @@ def _workers(text: str) -> int:
     return value
 
 
+def _trials(text: str) -> int:
+    value = _seed(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1 trial")
+    return value
+
+
 def _port(text: str) -> int:
     value = _seed(text)
     if value > 65535:
@@ -130,6 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--verbose", "-v", action="store_true", help="also list each method's options")
     datasets = sub.add_parser("datasets", help="list the available datasets and their options")
     datasets.add_argument("--verbose", "-v", action="store_true", help="also list each dataset's options")
+
+    tune = sub.add_parser("tune", help="search a method's declared hyper-parameters on development data seeds "
+                                       "(Optuna), select by validation, write the options as includable TOML")
+    tune.add_argument("config", help="a protocol TOML file (see configs/)")
+    tune.add_argument("--method", required=True, help="a method of the config (its name there)")
+    tune.add_argument("--trials", type=_trials, required=True,
+                      help="finished trials in the study, in all (a second call continues up to this number)")
+    tune.add_argument("--dataset", default=None, help="the dataset to tune on (default: the config's only one)")
+    tune.add_argument("--data-seeds", type=_seed, nargs="+", default=None, metavar="SEED",
+                      help="development data seeds (default: the first two of branchbench/seeds.py's, 1000 1001); "
+                           "evaluation data seeds are refused")
+    tune.add_argument("--seeds", type=_seed, nargs="+", default=None, metavar="SEED",
+                      help="training seeds (default: the config's)")
+    tune.add_argument("--sampler-seed", type=_seed, default=0, help="seed of the TPE sampler (default: %(default)s)")
+    tune.add_argument("--out", default=None, metavar="FILE",
+                      help="where the chosen options go (default: tuned/<config>/<method>.toml beside the config)")
+    tune.add_argument("--optuna-storage", default=None, metavar="URI",
+                      help="Optuna RDB storage (default: sqlite:///<MLflow store folder>/optuna.db; required when "
+                           "the MLflow store is not a SQLite file)")
+    tune.add_argument("--workers", type=_workers, default=1, help="cells run at once (default 1: in this process)")
+    tune.add_argument("--executor", default="local", choices=["local", "ray"], help="as for sweep")
+    tune.add_argument("--ray-address", default=None, help="address of an existing Ray cluster")
+    tune.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    _common(tune)
 
     evaluate = sub.add_parser("evaluate", help="rebuild a finished run from its plan and weights, score it again, "
                                                "and compare with the logged scores")
@@ -369,6 +400,46 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    import os
+    import warnings
+
+    from branchbench.config import load_config
+    from branchbench.seeds import SeedError, SeedWarning
+    from branchbench.tracking import Tracking, check_uri, default_uri
+    from branchbench.tune import TuneError, default_output, make_request, optuna_storage, tune
+
+    with warnings.catch_warnings():  # tuning draws its own (development) data seeds, not the config's
+        warnings.simplefilter("ignore", SeedWarning)
+        cfg = load_config(args.config)
+    try:
+        request = make_request(cfg, args.method, args.trials, args.dataset, args.data_seeds, args.seeds,
+                               args.sampler_seed)
+        uri = args.tracking_uri or default_uri()
+        check_uri(uri)
+        storage = optuna_storage(uri, args.optuna_storage)
+    except (TuneError, SeedError) as err:
+        raise UsageError(str(err)) from None
+    searched = sorted(set(request.space()) & set(request.component.options))
+    if searched and request.component.tuning is None:
+        print(f"note: {args.config} sets {args.method} options {searched} that tuning searches; remove them from "
+              "the config before including the tuned file", file=sys.stderr)
+    tracking = Tracking(uri, args.experiment or f"{cfg.experiment or DEFAULT_EXPERIMENT}-tune")
+    output = Path(args.out) if args.out else default_output(cfg, args.method)
+    result = tune(request, tracking, storage, output, executor=args.executor, workers=args.workers,
+                  address=args.ray_address, device=args.device)
+    if result.best_trial is None:
+        print(f"tune {args.method}: none of the {result.finished} trials finished; nothing written "
+              f"(study {result.study})", file=sys.stderr)
+        return 1
+    include = os.path.relpath(output.resolve(), Path(cfg.source).resolve().parent)
+    options = ", ".join(f"{k}={v!r}" for k, v in result.best_options.items())
+    print(f"tune {args.method}: best of {result.finished} trials is trial {result.best_trial} "
+          f"(validation Δm {result.best_value:+.3f}%): {options}")
+    print(f"wrote {output}; include it from {args.config} with [sweep] include = [\"{include}\"]")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import math
 
@@ -397,7 +468,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "ui": cmd_ui, "prepare": cmd_prepare,
-            "methods": cmd_list, "datasets": cmd_list, "evaluate": cmd_evaluate}
+            "methods": cmd_list, "datasets": cmd_list, "evaluate": cmd_evaluate, "tune": cmd_tune}
 
 
 def _refusals() -> tuple[type[BaseException], ...]:

@@ -23,6 +23,17 @@ Example (``configs/synthetic.toml``)::
     kind = "dmtg"
     k = 3
 
+``sweep.include`` lists TOML files (paths relative to the including file)
+whose ``[methods.<name>]`` options are merged into this config's methods of the
+same name, typically what ``branchbench tune`` wrote
+(``include = ["tuned/synthetic/learn_to_branch.toml"]``). An included option
+that the config sets to another value is refused, not silently overridden; an
+included ``[tuning]`` record marks the method as tuned with its number of
+trials, logged with each of its cells as the tag ``bb.tuning_trials`` (and the
+study as ``bb.tuning_study``) so reports can state every method's tuning
+budget. A config whose ``data_seeds`` are development seeds
+(:mod:`branchbench.seeds`) loads with a :class:`~branchbench.seeds.SeedWarning`.
+
 This module checks the file's *structure* (sections, keys, value types of the
 sweep table) when it is loaded; :func:`cell_configs` turns a config into the
 cells that ``run`` and ``sweep`` both execute, and the resolver checks every
@@ -32,12 +43,15 @@ option of them. Both happen before any run exists.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 TOP_KEYS = {"sweep", "protocol", "datasets", "methods"}
-SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment"}
+SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment", "include"}
+INCLUDE_KEYS = {"methods", "tuning"}
+TUNING_TAGS = {"trials": "bb.tuning_trials", "study": "bb.tuning_study"}
 SECTIONS = ("dataset", "method", "protocol")
 
 
@@ -47,10 +61,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Component:
-    """A named instance of a registered dataset or method kind, with its options."""
+    """A named instance of a registered dataset or method kind, with its options.
+
+    ``tuning`` is the ``[tuning]`` record of the tuned file its options were
+    included from (``trials``, ``study``, ...), if any.
+    """
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The cell tags that state how this component's options were chosen (empty when not tuned)."""
+        if not self.tuning:
+            return {}
+        return {tag: str(self.tuning[key]) for key, tag in TUNING_TAGS.items() if key in self.tuning}
 
 
 @dataclass
@@ -81,7 +106,13 @@ def load_config(path: str | Path) -> SweepConfig:
         raise ConfigError(f"config file {str(path)!r} is not text; give a TOML file (see configs/)") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
-    return parse_config(raw, source=str(path))
+    cfg = parse_config(raw, source=str(path))
+    from branchbench.seeds import SeedWarning, comparison_warning
+
+    message = comparison_warning(cfg.data_seeds, str(path))
+    if message:
+        warnings.warn(message, SeedWarning, stacklevel=2)
+    return cfg
 
 
 def _int_list(value: Any, key: str, where: str) -> list[int]:
@@ -128,6 +159,8 @@ def parse_config(raw: dict[str, Any], source: str = "<inline>") -> SweepConfig:
         raise ConfigError(f"no [datasets.<name>] section {where}; add at least one dataset")
     if not methods:
         raise ConfigError(f"no [methods.<name>] section {where}; add at least one method")
+    for path in _include_list(sweep, where):
+        _include(methods, _base(source) / path, path, where)
     finetune = sweep.get("finetune", False)
     if not isinstance(finetune, bool):
         raise ConfigError(f"sweep.finetune {where} must be true or false")
@@ -167,6 +200,60 @@ def _components(raw: dict[str, Any], section: str, where: str) -> dict[str, Comp
             raise ConfigError(f"[{section}.{name}] {where}: kind must be a registered name (a string)")
         out[name] = Component(kind, options)
     return out
+
+
+def _base(source: str) -> Path:
+    """The folder that includes are relative to: the config file's (the working directory for inline configs)."""
+    return Path(source).parent if source != "<inline>" else Path.cwd()
+
+
+def _include_list(sweep: dict[str, Any], where: str) -> list[str]:
+    value = sweep.get("include", [])
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise ConfigError(f"sweep.include {where} must be a list of TOML file paths, e.g. "
+                          "include = [\"tuned/synthetic/learn_to_branch.toml\"]")
+    return value
+
+
+def _include(methods: dict[str, Component], path: Path, given: str, where: str) -> None:
+    """Merge the ``[methods.<name>]`` options (and ``[tuning]`` record) of an included file into ``methods``."""
+    here = f"sweep.include {given!r} {where}"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{here}: cannot read {path} ({err.strerror or err}); give a path relative to the "
+                          "config file, e.g. the one `branchbench tune` printed") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{here}: {path} is not valid TOML: {err}") from None
+    unknown = sorted(set(raw) - INCLUDE_KEYS)
+    if unknown:
+        raise ConfigError(f"{here}: section(s) {unknown} cannot be included; an included file holds only "
+                          f"{sorted(INCLUDE_KEYS)}")
+    included = _components(raw, "methods", here)
+    if not included:
+        raise ConfigError(f"{here}: no [methods.<name>] section to include")
+    tuning = _table(raw, "tuning", here) or None
+    if tuning is not None:
+        trials = tuning.get("trials")
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            raise ConfigError(f"{here}: tuning.trials must be a positive integer (the study's finished trials), "
+                              f"got {trials!r}")
+    for name, extra in included.items():
+        mine = methods.get(name)
+        if mine is None:
+            raise ConfigError(f"{here}: it sets options of method {name!r}, which this config does not run; "
+                              f"add [methods.{name}] or remove the include")
+        if extra.kind != mine.kind:
+            raise ConfigError(f"{here}: method {name!r} is of kind {extra.kind!r} there but {mine.kind!r} here; "
+                              "include the file tuned for this method")
+        clash = sorted(k for k, v in extra.options.items() if k in mine.options and mine.options[k] != v)
+        if clash:
+            shown = ", ".join(f"{k}={mine.options[k]!r} here but {extra.options[k]!r} there" for k in clash)
+            raise ConfigError(f"{here}: method {name!r} sets {shown}; remove one of the two")
+        if tuning is not None and mine.tuning is not None:
+            raise ConfigError(f"{here}: method {name!r} is already tuned by another included file; include one")
+        methods[name] = Component(mine.kind, {**mine.options, **extra.options},
+                                  tuning if tuning is not None else mine.tuning)
 
 
 def single_config(dataset: str, method: str) -> SweepConfig:
@@ -217,6 +304,8 @@ def cell_configs(
             for method_name in methods or list(cfg.methods):
                 method = cfg.methods[method_name]
                 method_options = {**method.options, **overrides.get("method", {})}
+                # a --set that changes a tuned option makes the cell no longer the tuned one
+                tuned = method.options == {k: method_options[k] for k in method.options}
                 aware = get_method_class(method.kind).budget_aware
                 cell_budgets = budgets if explicit_budgets else (cfg.budgets if aware else [None])
                 for budget in cell_budgets:
@@ -226,6 +315,7 @@ def cell_configs(
                             method_options=dict(method_options), budget=budget, seed=seed,
                             protocol=dict(protocol), finetune=cfg.finetune if finetune is None else finetune,
                             dataset_kind=data.kind, method_kind=method.kind,
+                            tags=method.tags() if tuned else {},
                         ))
     return out
 

@@ -60,7 +60,10 @@ class CellConfig:
     ``dataset`` and ``method`` are names the user gives (they label runs,
     cells and report folders); ``dataset_kind`` and ``method_kind`` are the
     registered names they are instances of (default: the same names), so one
-    sweep can hold several instances of one kind.
+    sweep can hold several instances of one kind. ``tags`` are extra MLflow
+    tags of the cell's run that say how its config came about (e.g.
+    ``bb.tuning_trials``); they do not change what the cell computes, so they
+    are not part of its identity.
     """
 
     dataset: str
@@ -73,6 +76,7 @@ class CellConfig:
     finetune: bool = False
     dataset_kind: str | None = None
     method_kind: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Cell:
     data_key: str
     config: str
     needs: tuple[tuple[str, Cell], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # CellConfig.tags: logged, not hashed
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -152,6 +157,7 @@ class Cell:
             "bb.seed": str(self.seed),
             "bb.data_seed": str(self.data_seed),
             "bb.finetuned": str(self.finetune).lower(),
+            **dict(self.labels),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -234,6 +240,7 @@ class Resolver:
             budget_aware=method_cls.budget_aware, task_names=facts.task_names, has_groups=facts.has_groups,
             hash=config_hash(identified), data_key=data_key,
             config=json.dumps(resolved, sort_keys=True, default=str), needs=needs,
+            labels=tuple(sorted((str(k), str(v)) for k, v in config.tags.items())),
         )
 
     def _identity_of(self, kind: str, dataset: Dataset) -> dict[str, Any]:

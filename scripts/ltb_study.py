@@ -1,21 +1,25 @@
-"""The Learn-to-Branch recovery study: multi-seed cells through ``run_cell``, then tables.
+"""The Learn-to-Branch study: option variants on development data seeds, selected by validation Δm.
 
-Every cell (learn_to_branch variants at each budget, shared_bottom,
-independent, oracle_tree) is run by :func:`branchbench.cell.run_cell` into one
-MLflow store (a temporary one unless ``--tracking-uri`` is given; finished cells
-are reused, so a second invocation only prints), with one torch thread per cell
-as in the sweep (``configs/synthetic.toml``), in ``--workers`` processes. The
-tables are built from what MLflow holds:
+Every cell (each learn_to_branch variant at each budget, shared_bottom,
+independent, oracle_tree) runs through the sweep into one MLflow store (a
+temporary one unless ``--tracking-uri`` is given; finished cells are reused,
+so a second invocation only prints), one torch thread per cell, in
+``--workers`` processes, on *development* data seeds (``branchbench/seeds.py``;
+others are refused). The seed rule: a variant is **selected by its mean
+validation Δm** (against the independent networks, from ``val.*`` metrics) per
+budget; test Δm and the recovery of the true groups are *reported* beside it
+and choose nothing. Tables:
 
-* per variant, budget and seed: ARI of each block's partition against the true
-  groups, recovered or not, Δm (vs independent) beside shared-bottom's, the
-  smallest top-parent probability per child level at the end of search (over
-  the children some task reaches), the co-sharing gap per block;
-* per method (and budget): mean ± std of Δm over the seeds, and the recovery rate.
+* per variant, budget, data seed and training seed: validation Δm; reported:
+  ARI of each block's partition against the true groups, recovered or not,
+  test Δm, the smallest top-parent probability per child level at the end of
+  search, the co-sharing gap per block;
+* per method, variant and budget: validation Δm mean ± std (the criterion),
+  then test Δm and the recovery rate (reported), and the selected variant.
 
 Usage::
 
-    python scripts/ltb_study.py --seeds 5 --budgets 2.5 5.0 --workers 2
+    python scripts/ltb_study.py --seeds 3 --budgets 2.5 5.0 --workers 2
     python scripts/ltb_study.py --variants '[{}, {"logit_data": "holdout"}]' --tracking-uri sqlite:///study.db
 """
 
@@ -24,94 +28,68 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
-from pathlib import Path
 
-from branchbench.cell import CellConfig, run_cell
-from branchbench.executors import make_executor
-from branchbench.tracking import Tracking
+from _study import Record, groups, mean_std, run
+
+from branchbench.config import Component, SweepConfig
+from branchbench.seeds import check_development, development_seeds
 
 BASELINES = ("shared_bottom", "independent", "oracle_tree")
 EXPERIMENT = "ltb-study"
 
 
-def _run(job: tuple[str, CellConfig]) -> tuple[CellConfig, str, str | None, str | None]:
-    """One cell in a worker process (module level, so it pickles): (config, status, run id, error)."""
-    uri, config = job
-    outcome = run_cell(config, Tracking(uri, experiment=EXPERIMENT))
-    return config, outcome.status, outcome.run_id, outcome.error
-
-
-def run_study(uri: str, variants: list[dict], seeds: list[int], budgets: list[float | None],
-              dataset: str = "synthetic", workers: int = 1) -> list[dict]:
-    """Run every (variant, budget, seed) cell and the baselines; one record per cell.
-
-    The ``independent`` cells (every other cell's Δm reference) run first, so no
-    two workers train the same reference.
-    """
-    def config(method: str, options: dict, seed: int, budget: float | None) -> CellConfig:
-        return CellConfig(dataset=dataset, method=method, method_options=options, seed=seed, budget=budget,
-                          protocol={"threads": 1})
-
-    first = [config("independent", {}, s, None) for s in seeds]
-    rest = [config(m, {}, s, None) for s in seeds for m in BASELINES if m != "independent"]
-    rest += [config("learn_to_branch", v, s, b) for b in budgets for v in variants for s in seeds]
-    tracking = Tracking(uri, experiment=EXPERIMENT)
-    pool = make_executor("local", workers)
-    records = []
-    try:
-        for wave in (first, rest):
-            for cfg, status, run_id, error in pool.map_unordered(_run, [(uri, c) for c in wave]):
-                if status not in ("finished", "skipped"):
-                    raise SystemExit(f"{cfg.method} {cfg.method_options} seed {cfg.seed} {status}: {error}")
-                metrics = dict(tracking.get_run(run_id).data.metrics)
-                print(f"seed {cfg.seed} {cfg.method} b{cfg.budget} {json.dumps(cfg.method_options)}: "
-                      f"Δm {metrics['delta_m']:+.2f} recovered {metrics.get('grouping.recovered', float('nan')):.0f}",
-                      flush=True)
-                records.append({"method": cfg.method, "budget": cfg.budget, "seed": cfg.seed, "metrics": metrics,
-                                "variant": json.dumps(cfg.method_options, sort_keys=True)})
-    finally:
-        pool.close()
-    return sorted(records, key=lambda r: (r["method"], r["variant"], r["budget"] or 0.0, r["seed"]))
+def study_config(variants: list[dict], data_seeds: list[int], seeds: list[int],
+                 budgets: list[float | None]) -> SweepConfig:
+    """One sweep: the baselines and each variant as a labelled learn_to_branch instance ``ltb_v<i>``."""
+    methods = {m: Component(m) for m in BASELINES}
+    methods.update({f"ltb_v{i}": Component("learn_to_branch", dict(v)) for i, v in enumerate(variants)})
+    return SweepConfig(name="ltb-study", seeds=seeds, budgets=budgets, protocol={"threads": 1},
+                       datasets={"synthetic": Component("synthetic")}, methods=methods,
+                       data_seeds=check_development(data_seeds, "--data-seeds"))
 
 
 def _fmt(values: list[float]) -> str:
     return " ".join(f"{v:5.2f}" for v in values)
 
 
-def print_tables(records: list[dict]) -> None:
-    blocks = sorted({k[len("grouping.ari."):] for r in records for k in r["metrics"] if k.startswith("grouping.ari.")})
-    print("\n## Per seed (learn_to_branch variants)")
-    print(f"| variant | budget | seed | ARI per block ({', '.join(blocks)}) | recovered | Δm | Δm SB "
-          "| min top p (reached children) | coshare gap |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    by_seed_sb = {r["seed"]: r["metrics"]["delta_m"] for r in records if r["method"] == "shared_bottom"}
+def print_tables(records: list[Record], variants: list[dict]) -> None:
+    label = {f"ltb_v{i}": json.dumps(v, sort_keys=True) for i, v in enumerate(variants)}
+    blocks = sorted({k[len("grouping.ari."):] for r in records for k in r.metrics if k.startswith("grouping.ari.")})
+    print("\n## Per cell (learn_to_branch variants); selection column: val Δm, the rest reported only")
+    print(f"| variant | budget | data seed | seed | val Δm | ARI per block ({', '.join(blocks)}) | recovered | "
+          "test Δm | min top p (reached children) | coshare gap |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
-        if r["method"] != "learn_to_branch":
+        if r.method not in label:
             continue
-        m = r["metrics"]
+        m = r.metrics
         aris = [m[f"grouping.ari.{b}"] for b in blocks]
         tops = [v for k, v in sorted(m.items()) if k.startswith("search/commitment.") and k.count(".") == 1
                 and not k.endswith((".min", ".mean"))]
         gaps = [m[f"search/ltb/coshare_gap.{b}"] for b in blocks if f"search/ltb/coshare_gap.{b}" in m]
-        print(f"| {r['variant']} | {r['budget']} | {r['seed']} | {_fmt(aris)} | {'yes' if m['grouping.recovered'] else 'no'} | "
-              f"{m['delta_m']:+.2f} | {by_seed_sb.get(r['seed'], float('nan')):+.2f} | {_fmt(tops)} | {_fmt(gaps)} |")
-    print("\n## Summary over seeds")
-    print("| method | variant | budget | Δm mean ± std | recovered | n |")
-    print("|---|---|---|---|---|---|")
-    groups: dict[tuple[str, str, float | None], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["variant"], r["budget"]), []).append(r["metrics"])
-    for (method, variant, budget), ms in groups.items():
-        dm = [m["delta_m"] for m in ms]
-        std = statistics.stdev(dm) if len(dm) > 1 else 0.0
-        rec = sum(m.get("grouping.recovered", 0.0) for m in ms)
-        print(f"| {method} | {variant} | {budget} | {statistics.mean(dm):+.2f} ± {std:.2f} | {rec:.0f}/{len(ms)} | {len(ms)} |")
+        print(f"| {label[r.method]} | {r.budget} | {r.data_seed} | {r.seed} | {r.val_delta_m:+.2f} | {_fmt(aris)} | "
+              f"{'yes' if m.get('grouping.recovered') else 'no'} | {m['delta_m']:+.2f} | {_fmt(tops)} | {_fmt(gaps)} |")
+    print("\n## Summary over data seeds x training seeds")
+    print("| method | variant | budget | val Δm (criterion) | test Δm (reported) | recovered (reported) | n |")
+    print("|---|---|---|---|---|---|---|")
+    summary = groups(records, "method", "budget")
+    for (method, budget), rs in summary.items():
+        rec = sum(r.metrics.get("grouping.recovered", 0.0) for r in rs)
+        print(f"| {method} | {label.get(method, '-')} | {budget} | {mean_std([r.val_delta_m for r in rs])} | "
+              f"{mean_std([r.metrics['delta_m'] for r in rs])} | {rec:.0f}/{len(rs)} | {len(rs)} |")
+    print("\n## Selected by validation Δm")
+    for budget in sorted({r.budget for r in records if r.method in label}, key=lambda b: b or 0.0):
+        scores = {m: statistics.fmean(r.val_delta_m for r in rs) for (m, b), rs in summary.items()
+                  if m in label and b == budget}
+        best = max(scores, key=scores.get)
+        print(f"- budget {budget}: {label[best]} (mean val Δm {scores[best]:+.2f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
+    parser.add_argument("--data-seeds", type=int, nargs="+", default=development_seeds(2),
+                        help="development data seeds (default: %(default)s)")
     parser.add_argument("--variants", default="[{}]", help="JSON list of learn_to_branch option dicts")
     parser.add_argument("--budgets", type=float, nargs="*", default=[2.5, 5.0],
                         help="budget ratios for learn_to_branch (default: the synthetic sweep's 2.5 5.0)")
@@ -119,10 +97,8 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: a temporary SQLite file)")
     args = parser.parse_args()
     variants = json.loads(args.variants)
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = args.tracking_uri or f"sqlite:///{Path(tmp) / 'mlruns.db'}"
-        records = run_study(uri, variants, list(range(args.seeds)), args.budgets or [None], workers=args.workers)
-        print_tables(records)
+    cfg = study_config(variants, args.data_seeds, list(range(args.seeds)), args.budgets or [None])
+    print_tables(run(cfg, args.tracking_uri, EXPERIMENT, args.workers), variants)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ from branchbench.core.budget import Budget
 from branchbench.core.gumbel import gumbel_softmax
 from branchbench.core.method import Method, Option, RunContext, SearchResult
 from branchbench.core.net import export_state
+from branchbench.core.options import Space
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import multitask_loss
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
@@ -395,10 +396,13 @@ class AdaShare(Method):
                                   low=0.0, high=0.95),
         "curriculum": Option(True, "unlock policies from the last block backwards"),
         "curriculum_speed": Option(3, "policy phases per newly unlocked block (the reference: 3)", low=1),
-        "policy_lr": Option(0.01, "Adam learning rate of the policy logits", low=1e-6, high=10.0),
+        "policy_lr": Option(0.01, "Adam learning rate of the policy logits", low=1e-6, high=10.0,
+                            tune=Space(1e-3, 0.1, log=True)),
         "policy_weight_decay": Option(5e-4, "weight decay of the policy logits", low=0.0, high=1.0),
-        "sparsity_weight": Option(0.001, "weight of the sparsity term (NYU-v2 3-task config)", low=0.0),
-        "sharing_weight": Option(0.05, "weight of the sharing term (NYU-v2 3-task config)", low=0.0),
+        "sparsity_weight": Option(0.001, "weight of the sparsity term (NYU-v2 3-task config)", low=0.0,
+                                  tune=Space(1e-4, 1e-2, log=True)),
+        "sharing_weight": Option(0.05, "weight of the sharing term (NYU-v2 3-task config)", low=0.0,
+                                 tune=Space(5e-3, 0.5, log=True)),
         "sharing_direction": Option("paper", "per-block sharing weights: paper (L-l)/L or code (l+1)/L",
                                     choices=("paper", "code")),
         "holdout_fraction": Option(0.5, "part of the training split used for policy steps", low=0.05, high=0.95),

@@ -8,6 +8,11 @@ resolved, before any run exists: an int option takes no float or bool (``2.5``
 and ``true`` are refused, not truncated), a float takes an int, a string option
 takes only a string.
 
+An option a tuning study may search declares where with ``tune=Space(...)``
+(a range, log-scaled where the scale matters, or a set of choices), beside its
+default: ``branchbench tune`` reads the space from the options and nothing
+else, so a method's tuning space is as visible as its defaults.
+
 :class:`Configurable` is the base both :class:`~branchbench.core.method.Method`
 and :class:`~branchbench.datasets.base.Dataset` build on: the constructor
 validates and stores the options and nothing else, and ``version`` is bumped by
@@ -34,11 +39,35 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 
 @dataclass(frozen=True)
+class Space:
+    """Where ``branchbench tune`` searches one option.
+
+    A numeric range ``Space(low, high)`` (``log=True`` samples it on a log
+    scale, for rates and weights), or ``Space(choices=(...))`` for strings and
+    booleans. It must lie inside the option's own allowed values.
+
+        >>> Option(0.1, "a learning rate", low=1e-6, tune=Space(1e-3, 1.0, log=True)).tune.log
+        True
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"tuned over {list(self.choices)}"
+        return f"tuned in [{self.low}, {self.high}]{' (log scale)' if self.log else ''}"
+
+
+@dataclass(frozen=True)
 class Option:
     """A declared hyper-parameter: its default, its type and its allowed values.
 
     ``type`` defaults to the type of ``default`` (give it when the default is
-    ``None``); ``None`` is always accepted as "use the default".
+    ``None``); ``None`` is always accepted as "use the default". ``tune`` is
+    the option's tuning space (:class:`Space`), if a study may search it.
     """
 
     default: Any
@@ -47,6 +76,33 @@ class Option:
     low: float | None = None
     high: float | None = None
     type: type | None = None
+    tune: Space | None = None
+
+    def __post_init__(self) -> None:
+        if self.tune is not None:
+            self._check_space(self.tune)
+
+    def _check_space(self, space: Space) -> None:
+        """Refuse, where the option is declared, a space that tuning could not sample or that the option refuses."""
+        kind = self.kind
+        where = f"Option({self.default!r}, {self.help!r})"
+        if space.choices is not None:
+            if not space.choices:
+                raise OptionError(f"{where}: tune=Space(choices=()) is empty; give at least one choice")
+            for value in space.choices:
+                self.validate(where, "tune", value)
+            return
+        if kind not in (int, float):
+            raise OptionError(f"{where}: a {getattr(kind, '__name__', kind)} option is tuned over choices; "
+                              "give tune=Space(choices=(...))")
+        if space.low is None or space.high is None or not space.low < space.high:
+            raise OptionError(f"{where}: tune=Space(low, high) needs low < high, got ({space.low}, {space.high})")
+        if space.log and space.low <= 0:
+            raise OptionError(f"{where}: a log-scaled tune range needs low > 0, got {space.low}")
+        for bound in (space.low, space.high):
+            if kind is int and (not isinstance(bound, int) or isinstance(bound, bool)):
+                raise OptionError(f"{where}: an int option's tune range has integer bounds, got {bound!r}")
+            self.validate(where, "tune", bound)
 
     @property
     def kind(self) -> type | None:
@@ -62,6 +118,8 @@ class Option:
             parts.append(f"one of {list(self.choices)}")
         if self.low is not None or self.high is not None:
             parts.append(f"in [{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}]")
+        if self.tune is not None:
+            parts.append(self.tune.describe())
         return ", ".join(parts)
 
     def validate(self, owner: str, name: str, value: Any) -> Any:
@@ -127,6 +185,11 @@ class Configurable:
 
     def check(self) -> None:
         """Refuse option combinations that cannot work (raise :class:`OptionError`)."""
+
+    @classmethod
+    def tuning_space(cls) -> dict[str, Option]:
+        """The options a tuning study searches (those declared with ``tune=Space(...)``), by name."""
+        return {name: option for name, option in cls.options.items() if option.tune is not None}
 
     def get_params(self) -> dict[str, Any]:
         return dict(self.params)

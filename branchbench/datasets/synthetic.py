@@ -39,26 +39,42 @@ dimensions, so pooling a group's tasks beats one network per task. The sign
 rule on the sines (below, in ``generate``) keeps every task's linear part, so
 no data seed draws a function whose direction cannot be found from the data.
 
-Measured with a plain-torch prototype of the three plans on the default
-backbone (block 0 shared then one branch per true group for the oracle tree),
-with this protocol (Adam 1e-3, cosine, batch 128, 60 epochs, patience 10 on
-the summed validation MSE, best epoch kept); test MSE of the standardised
-targets averaged over tasks, mean ± std over training seeds 0-2 (the noise
-floor is 0.36):
+How they were chosen (the seed rule, ``branchbench/seeds.py``): on
+development data seeds, by validation loss only, with
+``scripts/synthetic_defaults_study.py``. Criterion: grouping matters, i.e. the
+oracle tree (block 0 shared, then one branch per true group) has a validation
+loss (mean over tasks of the validation MSE of the standardised targets) below
+both shared-bottom's and the independent networks' by at least 0.02 on every
+development data seed; the defaults are kept when they meet it. Run (2 shared
+CPU cores, about 7.5 minutes in all)::
 
-================  ============  ============  ============
-data_seed         shared-bottom independent   oracle tree
-================  ============  ============  ============
-0                 0.588 ± 0.030 0.591 ± 0.020 0.526 ± 0.012
-mean of seeds 0-7 0.672         0.681         0.598
-================  ============  ============  ============
+    python scripts/synthetic_defaults_study.py --points default --workers 2 --tracking-uri sqlite:///s.db
+    python scripts/synthetic_defaults_study.py --points default noise0.5 width32 --workers 2 --tracking-uri sqlite:///s.db
 
-The oracle tree won on each of data seeds 0-7 by at least 0.058 (vs
-shared-bottom) and 0.061 (vs independent). The margins move as expected:
-at width 32 or 64 shared-bottom is within 0.02-0.04 of the oracle; with
-``n_train=4000`` within 0.003-0.008; with ``noise=0.25, within_corr=0.9``
-independent networks win (0.25 vs 0.37). One default cell of shared-bottom
-trains in about 2-3 s on one CPU thread.
+(development data seeds 1000 and 1001, training seed 0, the protocol below,
+one thread per cell; the second call reused the first's cells). Validation
+loss, and the margin min(shared-bottom, independent) - oracle:
+
+=========  =========  =============  ===========  ===========  ======
+point      data seed  shared-bottom  independent  oracle tree  margin
+=========  =========  =============  ===========  ===========  ======
+defaults   1000       0.680          0.664        0.634        +0.030
+defaults   1001       0.644          0.674        0.583        +0.061
+noise=0.5  1000       0.566          0.472        0.495        -0.023
+noise=0.5  1001       0.524          0.503        0.451        +0.052
+width=32   1000       0.725          0.673        0.665        +0.009
+width=32   1001       0.665          0.680        0.617        +0.048
+=========  =========  =============  ===========  ===========  ======
+
+Only the defaults meet the criterion (smallest margin +0.030): with less
+noise the independent networks beat the oracle tree on data seed 1000, and at
+width 32 they come within 0.009 of it there (pooling a group's tasks matters
+less when the data are cleaner or each network is wider). The grid varied one knob at a time (the script
+also holds ``noise=1.0``, ``within_corr=0.95`` and ``n_train=2000``, not run
+for this table), with one training seed: a small check, not a wide search.
+An earlier plain-torch prototype had measured *test* MSE on data seeds 0-7
+(evaluation seeds); those numbers chose nothing now and are no longer quoted.
+One default cell of shared-bottom trains in a few seconds on one CPU thread.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ from branchbench.core.benchmark import Benchmark
 from branchbench.core.budget import Budget
 from branchbench.core.method import Method, Option, RunContext, SearchResult
 from branchbench.core.net import BranchedNet
+from branchbench.core.options import Space
 from branchbench.core.plan import Plan
 from branchbench.methods._tree_search import Chain, SearchOutcome, TreeProblem, search_trees
 
@@ -163,7 +164,8 @@ class BranchedAffinity(Method):
     budget_aware = True
     tags = frozenset({"needs_reference"})
     options = {
-        "n_samples": Option(500, "held-out inputs K whose RDMs are compared", low=3, high=100_000),
+        "n_samples": Option(500, "held-out inputs K whose RDMs are compared", low=3, high=100_000,
+                            tune=Space(50, 1000, log=True)),
         "split": Option("val", "split the K inputs come from", choices=("val", "train")),
         "default_budget": Option(
             2.0, "budget ratio used when no budget is given (the cost alone favours independent)",

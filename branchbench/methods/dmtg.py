@@ -118,6 +118,7 @@ from branchbench.core.budget import Budget, BudgetError
 from branchbench.core.gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
 from branchbench.core.method import Method, Option, RunContext, SearchResult
 from branchbench.core.net import BranchedNet, export_state
+from branchbench.core.options import Space
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import FitState, Hook
@@ -298,13 +299,14 @@ class DMTG(Method):
         "k": Option(0, "number of branches K; 0 = the largest K whose tree fits the budget", low=0, high=4096),
         "shared_blocks": Option(
             0, "blocks in the shared stem before the branches (the reference's CelebA config: 0)", low=0, high=1024),
-        "tau": Option(2.5, "Gumbel-softmax temperature (the reference: 2.5 on CelebA)", low=1e-3, high=100.0),
+        "tau": Option(2.5, "Gumbel-softmax temperature (the reference: 2.5 on CelebA)", low=1e-3, high=100.0,
+                      tune=Space(0.5, 10.0, log=True)),
         "anneal": Option("constant", "temperature schedule over the search (the reference: constant)",
                          choices=SCHEDULES),
         "tau_end": Option(0.1, "final temperature when anneal is not constant", low=1e-3, high=100.0),
         "logit_lr_mult": Option(
             1.0, "learning-rate multiplier of the assignment logits (1 = the reference; see docstring)",
-            low=1e-3, high=1e4),
+            low=1e-3, high=1e4, tune=Space(0.3, 30.0, log=True)),
         "entropy_weight": Option(0.0, "weight of the reference's entropy regulariser (off there)", low=0.0),
         "identical_init": Option(True, "start branches and their heads as copies of one (the reference)"),
         "search_epochs": Option(0, "supernet epochs; 0 = the benchmark protocol's", low=0, high=100_000),

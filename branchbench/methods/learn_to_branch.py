@@ -236,6 +236,7 @@ from branchbench.core.budget import BudgetError
 from branchbench.core.gumbel import SCHEDULES, TemperatureSchedule, gumbel_softmax
 from branchbench.core.method import Method, Option, OptionError, SearchResult
 from branchbench.core.net import export_state, fuses_siblings, run_stacked
+from branchbench.core.options import Space
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook, default_loss
@@ -709,14 +710,17 @@ class LearnToBranch(Method):
         "max_width": Option(0, "largest K_l with widths='auto' (0 = number of tasks)", low=0),
         "leaves": Option("heads", "'heads': each task head chooses among the last block's nodes; 'nodes': "
                          "the last block has one node per task", choices=LEAVES),
-        "logit_lr": Option(0.1, "Adam learning rate of the branching logits", low=1e-6, high=10.0),
+        "logit_lr": Option(0.1, "Adam learning rate of the branching logits", low=1e-6, high=10.0,
+                           tune=Space(0.01, 1.0, log=True)),
         "logit_data": Option("train", "where logit steps draw batches", choices=("train", "holdout")),
         "holdout_fraction": Option(0.2, "part of the train split held out when logit_data='holdout'",
                                    low=0.05, high=0.5),
-        "hard": Option(False, "straight-through hard samples (True) or soft samples (False)"),
+        "hard": Option(False, "straight-through hard samples (True) or soft samples (False)",
+                       tune=Space(choices=(False, True))),
         "tau_schedule": Option("exponential", "temperature schedule", choices=SCHEDULES),
-        "tau_start": Option(5.0, "temperature after warm-up", low=1e-3, high=1e3),
-        "tau_end": Option(0.1, "temperature at the end of search", low=1e-3, high=1e3),
+        "tau_start": Option(5.0, "temperature after warm-up", low=1e-3, high=1e3, tune=Space(1.0, 10.0, log=True)),
+        "tau_end": Option(0.1, "temperature at the end of search", low=1e-3, high=1e3,
+                          tune=Space(0.03, 1.0, log=True)),
         "warmup_epochs": Option(5, "epochs of weight-only training with uniform parents", low=0),
         "epochs": Option(0, "search epochs (0 = epoch_factor x the benchmark protocol's)", low=0),
         "epoch_factor": Option(2.5, "search epochs as a multiple of the protocol's, when epochs=0",

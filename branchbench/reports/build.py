@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from branchbench.reports import figures, published, tables
+from branchbench.reports import figures, published, tables, tuning
 from branchbench.reports.formats import numbers_csv, to_latex, to_markdown
 
 
@@ -128,6 +128,7 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
     if report.published_vs_ours is not None:
         shown = report.tables.get("published")
         parts += published.markdown(report.published_vs_ours, to_markdown(shown[1]) if shown else None)
+    parts += tuning.section(runs)
     parts += ["## Hyper-parameters", ""]
     for method, options in tables.hyperparameters(runs).items():
         text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"
