@@ -56,6 +56,7 @@ BUILTIN_DATASETS = {
     "digits": "branchbench.datasets.digits:Digits",
     "npz": "branchbench.datasets.npz:NpzDataset",
     "celeba": "branchbench.datasets.celeba:CelebA",
+    "taskonomy": "branchbench.datasets.taskonomy:Taskonomy",
 }
 
 

@@ -610,7 +610,7 @@ def check_dataset(dataset: Dataset | type[Dataset], **options: Any) -> Benchmark
     x = bench.prepare(split.x[:8])
     if not x.is_floating_point():
         fail(f"prepare() gives {x.dtype} inputs", "make input_transform return floats")
-    loss, _ = multitask_loss(bench.tasks, net(x), {t: v[:8] for t, v in split.y.items()})
+    loss, _ = multitask_loss(bench.tasks, net(x), bench.prepare_targets({t: v[:8] for t, v in split.y.items()}))
     if not torch.isfinite(loss):
         fail("a shared-bottom network's loss on a training batch is not finite",
              "check targets and input scaling (NaNs, label ranges vs n_outputs)")

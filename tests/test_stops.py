@@ -5,12 +5,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from _tiny import TINY
 from test_cli import Lines
-from test_runner import finished_per_cell, write_config
+from test_runner import finished_per_cell, poll, write_config
 
 from branchbench.tracking import DB_NAME, Tracking, default_uri
 from branchbench.ui import free_port, group_alive
@@ -21,21 +20,13 @@ def cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(condition, deadline_s: float, what: str) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_sigterm_to_run_marks_the_run_killed_with_its_reason(tmp_path):
     uri = default_uri(tmp_path)
     data = [f"--set=dataset.{k}={v}" for k, v in TINY.items()]
     proc = cli("run", "--dataset", "synthetic", "--method", "independent", "--tracking-uri", uri, *data,
                "--set=protocol.epochs=1000", "--set=protocol.early_stopping=0")
     try:
-        wait_for(lambda: any((tmp_path / "bb-checkpoints").glob("*/train.pt")) or proc.poll() is not None, 180,
+        poll(lambda: any((tmp_path / "bb-checkpoints").glob("*/train.pt")) or proc.poll() is not None, 180,
                  "a checkpoint")
     finally:
         proc.send_signal(signal.SIGTERM)

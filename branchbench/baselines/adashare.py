@@ -548,7 +548,7 @@ class AdaShare(Method):
             plan = net.plan_of(policy, blocks)
             if plan not in seen:
                 net.fixed_policy = policy
-                seen[plan], _ = trainer.evaluate_loss(net, bench, bench.splits["val"].to(trainer.device),
+                seen[plan], _ = trainer.evaluate_loss(net, bench, trainer.place(bench, bench.splits["val"]),
                                                       lambda m, x, y: multitask_loss(m.tasks, m(x), y))
                 scores.append({"nodes": plan.to_dict()["nodes"], "val_loss": seen[plan]})
         net.mode = "expected"

@@ -1,9 +1,11 @@
 """A Benchmark: tasks, splits, input shape, default backbone and training protocol.
 
 Splits are held in memory as tensors (inputs may be a uint8 image cache, made
-float by ``input_transform`` on the training device per batch), so an epoch is
-bound by the model, not by file decoding. Selection and early stopping use the
-``val`` split; ``test`` is only ever evaluated, never selected on.
+float by ``input_transform`` on the training device per batch; targets may be
+stored raw, e.g. Taskonomy's uint8/uint16 label images, and decoded by
+``target_transform`` on the training device per batch), so an epoch is bound by
+the model, not by file decoding. Selection and early stopping use the ``val``
+split; ``test`` is only ever evaluated, never selected on.
 """
 
 from __future__ import annotations
@@ -119,6 +121,13 @@ class Benchmark:
 
     ``groups`` is the known task grouping (task -> group id) on data that has
     one, e.g. the synthetic data; grouping recovery is scored against it.
+
+    ``target_transform`` turns a batch of stored targets ``{task: tensor}``
+    into the targets the losses and metrics take (e.g. raw label images into
+    masked floats), on the training device, wherever the trainer uses targets.
+    It must accept any subset of the tasks (:meth:`with_tasks`) and keep the
+    batch dimension; None (every benchmark without raw targets) leaves the
+    targets as stored.
     """
 
     name: str
@@ -128,6 +137,7 @@ class Benchmark:
     protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
     groups: dict[str, int] | None = None
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    target_transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,6 +171,10 @@ class Benchmark:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs as the network takes them (e.g. uint8 cache -> normalised float)."""
         return self.input_transform(x) if self.input_transform is not None else x.float()
+
+    def prepare_targets(self, y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Targets as the losses and metrics take them (stored targets when there is no ``target_transform``)."""
+        return self.target_transform(y) if self.target_transform is not None else y
 
     def true_partition(self) -> list[frozenset[str]] | None:
         if self.groups is None:

@@ -11,8 +11,11 @@ Searches do not write loops of their own; they train *through* this one via
 * a custom loss (e.g. DMTG's assignment-weighted head losses, AdaShare's
   sparsity and sharing terms).
 
-What every run gets: bf16 autocast and GPU-resident data on CUDA (bf16 also on
-CPU when asked, for tests), channels_last for convolutional backbones on CUDA,
+What every run gets: bf16 autocast on CUDA (also on CPU when asked, for tests),
+data resident on the GPU when it fits there with room for training, else
+streamed from host memory through pinned buffers (:mod:`~branchbench.core.streaming`;
+the same batches either way), targets decoded per batch on the device
+(``Benchmark.target_transform``), channels_last for convolutional backbones on CUDA,
 early stopping on the validation loss (the best-val weights are kept; test is
 never looked at), checkpoints after every epoch so a resumed run ends exactly
 like an uninterrupted one, NaN/divergence detection that fails the run with its
@@ -32,8 +35,10 @@ from typing import Protocol as TypingProtocol
 import torch
 from torch import nn
 
+from branchbench.core import streaming
 from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
 from branchbench.core.metrics import StreamingScores
+from branchbench.core.streaming import StreamSplit
 from branchbench.core.tasks import multitask_loss
 
 LossFn = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -174,19 +179,42 @@ class Trainer:
         self.amp = resolve_amp(protocol.amp, self.device)
 
     # ------------------------------------------------------------------ data
-    def _batches(self, split: Split, epoch: int, salt: int, shuffle: bool = True) -> Iterator[tuple]:
+    def place(self, bench: Benchmark, split: Split | StreamSplit) -> Split | StreamSplit:
+        """``split`` on the training device, or, on CUDA when the benchmark's data does not
+        fit there with room for training, a :class:`StreamSplit` that feeds it batch by batch."""
+        if isinstance(split, StreamSplit) or streaming.same_device(split.x.device, self.device):
+            return split
+        if streaming.resident(bench, self.device):
+            return split.to(self.device)
+        return StreamSplit(split)
+
+    def _batches(
+        self,
+        split: Split | StreamSplit,
+        epoch: int,
+        salt: int,
+        shuffle: bool = True,
+        targets: streaming.Targets | None = None,
+    ) -> Iterator[tuple]:
+        if not isinstance(split, StreamSplit) and not streaming.same_device(split.x.device, self.device):
+            split = StreamSplit(split)
         n = len(split)
+        where = split.device if isinstance(split, StreamSplit) else split.x.device
         if shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + salt)
-            order = torch.randperm(n, generator=gen).to(split.x.device)
+            order = torch.randperm(n, generator=gen).to(where)
         else:
-            order = torch.arange(n, device=split.x.device)
+            order = torch.arange(n, device=where)
         size = self.protocol.batch_size
+        if isinstance(split, StreamSplit):
+            yield from split.batches(order, size, self.device, targets)
+            return
         for start in range(0, n, size):
             index = order[start : start + size]
-            yield split.x[index], {t: v[index] for t, v in split.y.items()}
+            y = {t: v[index] for t, v in split.y.items()}
+            yield split.x[index], (targets(y) if targets is not None else y)
 
-    def _holdout_split(self, train: Split, fraction: float) -> tuple[Split, Split | None]:
+    def _holdout_split(self, train: Split | StreamSplit, fraction: float) -> tuple[Split | StreamSplit, Split | StreamSplit | None]:
         if fraction <= 0:
             return train, None
         n = len(train)
@@ -194,7 +222,9 @@ class Trainer:
         if not 0 < n_hold < n:
             raise ValueError(f"holdout_fraction={fraction} leaves no data on one side of {n} samples")
         gen = torch.Generator().manual_seed(self.seed + 424242)
-        order = torch.randperm(n, generator=gen).to(train.x.device)
+        order = torch.randperm(n, generator=gen)
+        if not isinstance(train, StreamSplit):
+            order = order.to(train.x.device)
         return train.subset(order[n_hold:]), train.subset(order[:n_hold])
 
     def _input(self, bench: Benchmark, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -246,16 +276,16 @@ class Trainer:
         if channels_last:
             model.to(memory_format=torch.channels_last)
 
-        full_train = bench.splits["train"].to(self.device)
+        full_train = self.place(bench, bench.splits["train"])
         train, holdout = self._holdout_split(full_train, holdout_fraction)
-        val = bench.splits["val"].to(self.device)
+        val = self.place(bench, bench.splits["val"])
         if any(e.data == "holdout" for e in extra) and holdout is None:
             raise ValueError("an extra optimiser trains on the holdout split; give holdout_fraction > 0")
 
         claimed = {id(q) for e in extra for q in e.params}
         weights = [q for q in model.parameters() if q.requires_grad and id(q) not in claimed]
         optimizer = self._make_optimizer(weights)
-        def weight_split(epoch: int) -> Split:
+        def weight_split(epoch: int) -> Split | StreamSplit:
             # before any extra optimiser starts (a warm-up), weights see the whole train split
             if holdout is not None and not any(epoch >= e.start_epoch for e in extra):
                 return full_train
@@ -305,11 +335,12 @@ class Trainer:
                 hook.on_epoch_start(fit)
             active = [(e, o) for e, o in zip(extra, extra_opts, strict=True) if fit.epoch >= e.start_epoch]
             extra_iters = {
-                e.name: self._cycle(holdout if e.data == "holdout" else train, fit.epoch, salt=i + 1)
+                e.name: self._cycle(holdout if e.data == "holdout" else train, fit.epoch, salt=i + 1,
+                                    targets=bench.target_transform)
                 for i, (e, _) in enumerate(active)
             }
             total, count = 0.0, 0
-            for x, y in self._batches(weight_split(fit.epoch), fit.epoch, salt=0):
+            for x, y in self._batches(weight_split(fit.epoch), fit.epoch, salt=0, targets=bench.target_transform):
                 for hook in hooks:
                     hook.on_step_start(fit, "weights")
                 loss = self._step(model, bench, x, y, loss_fn, optimizer, channels_last)
@@ -398,10 +429,11 @@ class Trainer:
             history=history,
         )
 
-    def _cycle(self, split: Split, epoch: int, salt: int) -> Iterator[tuple]:
+    def _cycle(self, split: Split | StreamSplit, epoch: int, salt: int,
+               targets: streaming.Targets | None = None) -> Iterator[tuple]:
         rounds = 0
         while True:
-            yield from self._batches(split, epoch * 1000 + rounds, salt=salt)
+            yield from self._batches(split, epoch * 1000 + rounds, salt=salt, targets=targets)
             rounds += 1
 
     def _step(self, model, bench, x, y, loss_fn, optimizer, channels_last) -> float:
@@ -426,7 +458,7 @@ class Trainer:
         """Mean loss over a split (batch-size weighted), and per-task losses."""
         model.eval()
         total, per_task, n = 0.0, {}, 0
-        for x, y in self._batches(split, 0, 0, shuffle=False):
+        for x, y in self._batches(split, 0, 0, shuffle=False, targets=bench.target_transform):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss, parts = loss_fn(model, self._input(bench, x, channels_last), y)
             b = x.shape[0]
@@ -448,9 +480,9 @@ class Trainer:
         """
         model.eval()
         model.to(self.device)
-        split = split.to(self.device)
+        split = self.place(bench, split)
         scores = StreamingScores(bench.tasks)
-        for x, y in self._batches(split, 0, 0, shuffle=False):
+        for x, y in self._batches(split, 0, 0, shuffle=False, targets=bench.target_transform):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 pred = model(self._input(bench, x, False))
             scores.update(pred, y)
@@ -464,7 +496,7 @@ class Trainer:
         """
         model.eval()
         model.to(self.device)
-        split = split.to(self.device)
+        split = self.place(bench, split)
         out: dict[str, list[torch.Tensor]] = {}
         for x, _ in self._batches(split, 0, 0, shuffle=False):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

@@ -244,7 +244,7 @@ def dense_arrays(n: int, size: int = 16, n_classes: int = 3, seed: int = 0) -> t
         h, s = rng.uniform(-0.5, 0.5), rng.uniform(0.25, 0.45)
         u0, v0 = rng.uniform(-0.6, 0.6, size=2)
         bump = h * np.exp(-((u - u0) ** 2 + (v - v0) ** 2) / (2 * s**2))
-        z = a + b * u + c * v + bump
+        z = a + b * u + c * v + bump  # at least 0.3 m
         dz_du = b - bump * (u - u0) / s**2
         dz_dv = c - bump * (v - v0) / s**2
         n_vec = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.5)])
@@ -253,7 +253,7 @@ def dense_arrays(n: int, size: int = 16, n_classes: int = 3, seed: int = 0) -> t
         depth[i] = np.where(sky, np.nan, z)
         normal[i] = np.where(sky[None], np.nan, n_vec)
 
-        freq = rng.uniform(1.0, 3.0, size=(2, 2))
+        freq = rng.uniform(0.5, 2.0, size=(2, 2))
         phase = rng.uniform(0, 2 * np.pi, size=2)
         field = np.cos(freq[0, 0] * u + freq[0, 1] * v + phase[0]) + np.cos(freq[1, 0] * u - freq[1, 1] * v + phase[1])
         labels = np.digitize(field, np.quantile(field, np.linspace(0, 1, n_classes + 1)[1:-1])).astype(np.uint8)
@@ -454,3 +454,144 @@ def make_celeba(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     root = write_celeba_fixture(directory / "celeba_fixture", n=48)
     return {"root": str(root), "cache_dir": str(directory / "cache"), "resolution": 16, "width": 8, "workers": 1}
+
+
+# --------------------------------------------------------------- Taskonomy
+TASKONOMY_LAYOUTS = ("building", "omnidata", "domain")
+TASKONOMY_FIXTURE_BUILDINGS: dict[str, tuple[str, ...]] = {
+    "train": ("allensville",), "val": ("collierville",), "test": ("ihlen",),
+}
+"""One building of the tiny split per split (their real names, so the shipped lists apply)."""
+TASKONOMY_FIXTURE_CLASSES = (1, 4, 9)
+"""The segmentation labels the fixture draws (raw Taskonomy labels; 0 marks a few unlabelled pixels)."""
+
+
+def taskonomy_fixture_view(building: str, point: int, view: int, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """The raw arrays of one fixture view, as its PNGs hold them (regenerable, for tests).
+
+    A scene has two independent latent layers, so every target is learnable from
+    nearby pixels of the RGB image:
+
+    * geometry: a tilted plane with a bump at a random scale, ``z`` in metres, stored as
+      Taskonomy's z-buffer (``z * 512``, uint16) with 65535 ("no depth") above a
+      random horizon, and its surface normal stored 127-centred (uint8 RGB);
+    * layout: a smooth field cut into three regions, labelled with
+      :data:`TASKONOMY_FIXTURE_CLASSES` (a 2x2 patch unlabelled, 0), texture
+      edges in a band of two pixels either side of the region boundaries
+      (``0.08 * 2^16``, the top of Taskonomy's edge range, else 0) and keypoint blobs (up to ``0.005 * 2^16``) around
+      three 2x2 dots.
+
+    The image shows the log depth (red, black where there is none), the regions
+    (green) and a Lambertian shading of the surface with the dots at full
+    intensity (blue), with noise.
+    """
+    import zlib
+
+    rng = np.random.default_rng([seed, zlib.crc32(building.encode()), point, view])
+    grid = np.linspace(-1.0, 1.0, size)
+    v, u = np.meshgrid(grid, grid, indexing="ij")
+    b, c = rng.uniform(-0.3, 0.3, size=2)
+    h, s = rng.uniform(-0.3, 0.3), rng.uniform(0.25, 0.45)
+    u0, v0 = rng.uniform(-0.6, 0.6, size=2)
+    bump = h * np.exp(-((u - u0) ** 2 + (v - v0) ** 2) / (2 * s**2))
+    shape = 1.0 + b * u + c * v + bump  # in [0.1, 1.9]
+    z = np.exp(rng.uniform(np.log(0.02), np.log(4.0))) * shape  # metres: log depths spread widely
+    dz_du, dz_dv = b - bump * (u - u0) / s**2, c - bump * (v - v0) / s**2
+    normal = np.stack([-dz_du, -dz_dv, np.full_like(z, 0.4)])
+    normal /= np.linalg.norm(normal, axis=0, keepdims=True)
+    sky = v < rng.uniform(-1.2, -0.5)
+    depth = np.where(sky, 65535, np.maximum(1, np.round(z * 512))).astype(np.uint16)
+    normal_raw = np.clip(np.round((normal + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    freq = rng.uniform(0.5, 2.0, size=(2, 2))
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    field = np.cos(freq[0, 0] * u + freq[0, 1] * v + phase[0]) + np.cos(freq[1, 0] * u - freq[1, 1] * v + phase[1])
+    region = np.digitize(field, np.quantile(field, [1 / 3, 2 / 3]))
+    labels = np.asarray(TASKONOMY_FIXTURE_CLASSES, np.uint8)[region]
+    r, q = rng.integers(0, size - 2, size=2)
+    labels[r : r + 2, q : q + 2] = 0
+    boundary = np.zeros_like(region, dtype=bool)
+    across, down = region[:, :-1] != region[:, 1:], region[:-1, :] != region[1:, :]
+    boundary[:, :-1] |= across
+    boundary[:, 1:] |= across
+    boundary[:-1, :] |= down
+    boundary[1:, :] |= down
+    band = boundary.copy()  # two pixels either side of a region boundary
+    band[1:] |= boundary[:-1]
+    band[:-1] |= boundary[1:]
+    band[:, 1:] |= boundary[:, :-1]
+    band[:, :-1] |= boundary[:, 1:]
+    edges = np.where(band, round(0.08 * 2**16), 0).astype(np.uint16)
+
+    rows, cols = np.arange(size)[:, None], np.arange(size)[None]
+    dots, heat = np.zeros((size, size)), np.zeros((size, size))
+    for row, col in rng.integers(1, size - 2, size=(3, 2)):
+        dots[row : row + 2, col : col + 2] = 1.0
+        heat = np.maximum(heat, np.exp(-((rows - row - 0.5) ** 2 + (cols - col - 0.5) ** 2) / (2 * (size / 10) ** 2)))
+    keypoints = np.round(heat * 0.005 * 2**16).astype(np.uint16)
+
+    light = np.array([0.5, 0.5, 1.0]) / np.linalg.norm([0.5, 0.5, 1.0])
+    shading = np.clip(np.tensordot(light, normal, axes=1), 0.0, 1.0)
+    red = np.where(sky, 0.0, (np.log1p(z * 512) / np.log(2.0**16) - 0.1) / 0.7)
+    green = 0.4 * region
+    blue = np.where(dots > 0, 1.0, np.where(sky, 0.0, 0.6 * shading))
+    image = np.stack([red, green, blue]) + 0.03 * rng.standard_normal((3, size, size))
+    rgb = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return {"rgb": rgb, "segment_semantic": labels, "normal": normal_raw, "depth_zbuffer": depth,
+            "keypoints2d": keypoints, "edge_texture": edges}
+
+
+def taskonomy_fixture_names(views: int) -> list[tuple[int, int]]:
+    """The (point, view) pairs of a building's ``views`` fixture views: three views per point."""
+    return [(i // 3, i % 3) for i in range(views)]
+
+
+def write_taskonomy_fixture(
+    root: str | Path,
+    layout: str = "building",
+    views: Mapping[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+    buildings: Mapping[str, Sequence[str]] | None = None,
+    segment_token: str = "segmentsemantic",
+) -> Path:
+    """Write a tiny Taskonomy (six real PNGs per view, Taskonomy's bit depths and names); return root.
+
+    ``layout`` is ``"building"`` (``root/<building>/<modality>/``), ``"omnidata"``
+    (``root/<modality>/taskonomy/<building>/``) or ``"domain"``
+    (``root/<modality>/<building>/``). ``views`` gives each split's views per
+    building (default train 12, val 6, test 6); ``buildings`` the buildings per
+    split (default :data:`TASKONOMY_FIXTURE_BUILDINGS`). Segmentation files are
+    named ``..._domain_<segment_token>.png`` (the sample building's spelling by
+    default). Pixels come from :func:`taskonomy_fixture_view`.
+    """
+    from PIL import Image
+
+    if layout not in TASKONOMY_LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {TASKONOMY_LAYOUTS}")
+    root = Path(root)
+    views = dict(views) if views is not None else {"train": 12, "val": 6, "test": 6}
+    buildings = dict(buildings) if buildings is not None else dict(TASKONOMY_FIXTURE_BUILDINGS)
+    for split, names in buildings.items():
+        for building in names:
+            for point, view in taskonomy_fixture_names(views[split]):
+                arrays = taskonomy_fixture_view(building, point, view, size, seed)
+                for modality, array in arrays.items():
+                    if layout == "building":
+                        folder = root / building / modality
+                    elif layout == "omnidata":
+                        folder = root / modality / "taskonomy" / building
+                    else:
+                        folder = root / modality / building
+                    folder.mkdir(parents=True, exist_ok=True)
+                    token = segment_token if modality == "segment_semantic" else modality
+                    Image.fromarray(array).save(folder / f"point_{point}_view_{view}_domain_{token}.png")
+    return root
+
+
+def make_taskonomy(directory: str | Path) -> dict[str, Any]:
+    """The conformance tests' options for dataset ``taskonomy``: the small fixture, 32x32 PNGs read at 16x16."""
+    directory = Path(directory)
+    root = write_taskonomy_fixture(directory / "taskonomy_fixture")
+    return {"root": str(root), "cache_dir": str(directory / "cache"), "source_size": 32, "resolution": 16,
+            "partial": True, "backbone": "dense", "width": 8, "workers": 1}

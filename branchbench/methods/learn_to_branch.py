@@ -782,7 +782,7 @@ class LearnToBranch(Method):
                           early_stopping=False)
         # the val curve is the relaxed supernet's; once at the end, the argmax tree's (what is returned)
         net.eval_argmax = True
-        val_argmax, _ = trainer.evaluate_loss(net, bench, bench.splits["val"].to(trainer.device),
+        val_argmax, _ = trainer.evaluate_loss(net, bench, trainer.place(bench, bench.splits["val"]),
                                               default_loss(bench.tasks))
         net.eval_argmax = False
         ctx.log_metrics({"search/val_loss_argmax": val_argmax}, step=fit.epochs_run - 1)
