@@ -152,7 +152,7 @@ more epochs pairs same-group tasks more often than different-group ones
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -180,8 +180,8 @@ class HalvingTrainer(Trainer):
     ``MultiStepLR(milestones=[15, 30, 45, 60, 75, 90], gamma=0.5)`` once per
     epoch of 100; here the milestones are the same fractions of the fit's
     steps. (The suite's protocols offer cosine, step (/10 at thirds) and
-    constant schedules; this subclass stands in until a protocol schedule says
-    the same thing.)
+    constant schedules; this subclass stands in until a protocol's step
+    schedule can halve every k epochs, which can then replace it.)
     """
 
     @classmethod
@@ -190,7 +190,8 @@ class HalvingTrainer(Trainer):
         return cls(trainer.protocol, trainer.device, trainer.seed, trainer.log, trainer.checkpointer,
                    trainer.progress, trainer.prefix)
 
-    def _make_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int):
+    def _make_schedule(self, optimizer: torch.optim.Optimizer, steps: int | Sequence[int]):
+        total_steps = steps if isinstance(steps, int) else sum(steps)  # the total, or each epoch's steps
         milestones = [max(1, round(total_steps * f)) for f in REFERENCE_MILESTONES]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=REFERENCE_GAMMA)
 
