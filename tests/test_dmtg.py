@@ -20,6 +20,7 @@ from branchbench.methods.dmtg import (
     REFERENCE_MILESTONES,
     DMTGSupernet,
     GroupNet,
+    HalvingTrainer,
     check_logit_reparametrisation,
     groups_for_budget,
 )
@@ -180,6 +181,9 @@ def test_search_follows_the_reference_schedule_relative_to_the_protocol():
     halvings = [sum(4 * (e + 1) >= round(80 * f) for f in REFERENCE_MILESTONES) for e in range(20)]
     assert lr == pytest.approx([8e-4 * 0.5**h for h in halvings])
     assert lr[-1] == pytest.approx(8e-4 / 64)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    trainer = HalvingTrainer(bench.protocol)  # given the total, or each epoch's steps: the same milestones
+    assert trainer._make_schedule(optimizer, 80).milestones == trainer._make_schedule(optimizer, [4] * 20).milestones
     ctx = LocalContext(bench, seed=0)
     DMTG(k=2, search_optimizer="protocol").search(bench, Budget(None), ctx)  # version 1: the protocol's cosine
     assert len(ctx.curve("search/lr")) == 10 and ctx.curve("search/lr")[-1] == pytest.approx(0.0, abs=1e-12)
