@@ -12,6 +12,7 @@ from branchbench.baselines.adashare import (
     _Curriculum,
     sharing_loss,
     sharing_weights,
+    skip_counts,
     sparsity_loss,
 )
 from branchbench.cell import CellConfig, run_cell
@@ -19,6 +20,7 @@ from branchbench.context import LocalContext
 from branchbench.core.budget import Budget
 from branchbench.core.gumbel import gumbel_softmax, sample_gumbel
 from branchbench.core.net import BranchedNet
+from branchbench.core.plan import Plan
 from branchbench.core.retrain import seed_everything
 
 
@@ -122,6 +124,10 @@ def test_runs_as_a_cell_and_logs_policies(tracking):
     assert outcome.status == "finished", outcome.error
     m = outcome.metrics
     assert "search.skip_fraction" in m and "latency_ms.b1" in m and m["budget_ratio"] <= 1.0 + 1e-9  # identity shortcuts
+    plan = Plan.from_dict(tracking.load_json(outcome.run_id, "plan.json"))
+    for task in plan.tasks:  # what the report reads: skips per task, and whether it is shared-bottom
+        assert m[f"search.skipped.{task}"] == plan.nodes[task].count(None)
+    assert m["search.reproduces_shared_bottom"] == float(not plan.has_skips)
     history = tracking.client.get_metric_history(outcome.run_id, "search/adashare.p_select.t0.fc2")
     assert len(history) == 8  # epoch_factor x the protocol's 4 epochs
 
@@ -151,3 +157,24 @@ def test_stem_is_always_executed_unless_skipping_it_is_allowed():
     free = AdaShareSupernet(bench, n_stem=0)
     free.mode, free.n_unlocked = "sample", free.n_learnable
     assert free.n_learnable == 3 and not torch.all(free.policy()[0][:, 0, 0] == 1)
+
+
+def test_skip_counts_per_task_and_the_shared_bottom_flag():
+    blocks = ["b0", "b1", "b2"]
+    shared = Plan.shared_bottom(["a", "b"], blocks)
+    assert skip_counts(shared) == {"skipped.a": 0.0, "skipped.b": 0.0, "reproduces_shared_bottom": 1.0}
+    skipping = Plan(["a", "b"], blocks, {"a": [0, None, None], "b": [0, 0, None]})
+    assert skip_counts(skipping) == {"skipped.a": 2.0, "skipped.b": 1.0, "reproduces_shared_bottom": 0.0}
+
+
+def test_search_length_from_the_factor_the_reference_phases_or_epochs():
+    assert AdaShare().search_length(60) == (300, 60)  # factor 5, warm-up 20%
+    assert AdaShare(epoch_factor=1.0).search_length(60) == (60, 12)  # the reference's search/retrain ratio
+    epochs, warmup = AdaShare(policy_phases=333).search_length(60)
+    assert epochs - warmup == 333 and warmup == 83  # NYU-v2: 16,000 iterations in phases of 24 + 24
+    assert AdaShare(policy_phases=333, search_epochs=10).search_length(60) == (10, 2)  # explicit epochs win
+    bench = tiny_bench(epochs=2)
+    ctx = LocalContext(bench, seed=0)
+    result = AdaShare(samples=1, policy_phases=3, curriculum_speed=1).search(bench, Budget(None), ctx)
+    assert result.cost["supernet_epochs"] == 4 and len(ctx.curve("search/adashare.tau")) == 4  # 1 warm-up + 3
+    assert set(skip_counts(result.plan)) <= set(result.cost)

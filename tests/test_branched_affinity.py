@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -190,3 +191,90 @@ def test_method_budgets_from_one_to_t(grouped):
         if previous is not None:
             assert params >= previous[0] and score <= previous[1] + 1e-12
         previous = (params, score)
+
+
+# ------------------------------------------- issue 13: cost variant, stages, true tree
+def test_size_weighted_cost_weights_each_cluster_by_its_share_of_the_tasks():
+    d = np.array([[[0, 0.2, 0.4], [0.2, 0, 0.6], [0.4, 0.6, 0]]])
+    paper, weighted = TreeProblem(d, [10], cap=30), TreeProblem(d, [10], cap=30, cost="size_weighted")
+    peel = ((0, 1), (2,))  # peel task 2 off: the paper halves the cost, size weighting only drops 1/3
+    assert paper.level_cost(0, peel) == pytest.approx((0.2 + 0.0) / 2)
+    assert weighted.level_cost(0, peel) == pytest.approx(2 / 3 * 0.2 + 1 / 3 * 0.0)
+    for problem in (paper, weighted):
+        assert problem.level_cost(0, ((0, 1, 2),)) == pytest.approx(0.6)
+        assert problem.level_cost(0, ((0,), (1,), (2,))) == 0.0
+    with pytest.raises(ValueError, match="size_weighted"):
+        TreeProblem(d, [10], cap=30, cost="mean")
+
+
+def test_probe_rank_counts_the_trees_ordered_before_it():
+    problem = random_problem(5, 3, 2.5, seed=3, block_params=[50, 100, 200])
+    everything = exact_search(problem, top_k=10**6).top
+    for position in (0, 7, len(everything) - 1):
+        probe = everything[position].chain
+        assert exact_search(problem, probe=probe).probe_rank == position + 1
+        assert beam_search(problem, beam=None, probe=probe).probe_rank == position + 1
+        assert exact_search(problem, probe=probe).best == everything[0]  # the probe never chooses
+    assert exact_search(problem).probe_rank is None
+
+
+def test_stages_come_from_block_names_or_a_backbone_attribute():
+    from branchbench.core.backbones import mlp_backbone, resnet18_backbone, tag_celeba_backbone
+    from branchbench.methods.branched_affinity import point_params, stage_ends, stage_of
+
+    assert [stage_of(n) for n in ("res1a", "res4b", "layer2.3", "stem", "res1", "fc0")] == [
+        "res1", "res4", "layer2", "stem", "res1", "fc0"]
+    resnet = resnet18_backbone(image_size=16, width=4)
+    assert stage_ends(resnet) == [0, 2, 4, 6, 8]  # after the stem and after each of 4 stages
+    assert stage_ends(tag_celeba_backbone(image_size=16, width=4)) == [0, 1]
+    mlp = mlp_backbone(4, (8, 8, 8))
+    assert stage_ends(mlp) == [0, 1, 2]  # every MLP block is a stage
+    assert point_params([1, 2, 3, 4, 5], [0, 2, 4]) == [1, 5, 9]
+    mlp.stages = ["a", "a", "b"]
+    assert stage_ends(mlp) == [1, 2]
+
+
+def _with_stages(bench, labels):
+    backbone = copy.copy(bench.backbone)
+    backbone.stages = labels
+    return dataclasses.replace(bench, backbone=backbone)
+
+
+def test_stage_branch_points_branch_only_after_a_stage(grouped):
+    bench, ctx = grouped
+    staged = _with_stages(bench, ["s0", "s0", "s1"])  # blocks 0-1 one stage: a tree may branch after 1 only
+    for ratio in (1.5, 2.0, 3.0):
+        result = BranchedAffinity(n_samples=64, branch_points="stages").search(staged, Budget(ratio), ctx)
+        plan = result.plan
+        assert plan.partition(0) == plan.partition(1), ratio
+        assert plan.budget_ratio(bench.backbone) <= ratio + 1e-9
+        assert result.cost["branch_points"] == 2
+        assert set(result.artifacts["search.json"]["branch_points"]) == {"fc1", "fc2"}
+    every = BranchedAffinity(n_samples=64).search(bench, Budget(2.0), ctx)
+    stages = BranchedAffinity(n_samples=64, branch_points="stages").search(bench, Budget(2.0), ctx)
+    assert every.plan == stages.plan  # an MLP's blocks are each a stage: the same search
+
+
+def test_true_tree_is_reported_and_never_changes_the_plan(grouped):
+    bench, ctx = grouped
+    hidden = dataclasses.replace(bench, groups=None)
+    for cost in ("paper", "size_weighted"):
+        method = BranchedAffinity(n_samples=64, cluster_cost=cost)
+        for ratio in (1.0, 1.5, 2.0, 4.0):
+            known = method.search(bench, Budget(ratio), ctx)
+            blind = method.search(hidden, Budget(ratio), ctx)
+            assert known.plan == blind.plan, (cost, ratio)
+            assert not any(k.startswith("true_tree") for k in blind.cost)
+            if ratio == 1.0:  # two groups never fit shared-bottom's size
+                assert known.cost["true_tree_feasible"] == 0 and "true_tree_rank" not in known.cost
+                continue
+            assert known.cost["true_tree_feasible"] == 1
+            rank, true_cost = known.cost["true_tree_rank"], known.cost["true_tree_cost"]
+            assert rank >= 1 and rank == int(rank)
+            chosen = known.artifacts["search.json"]["chosen_score"]
+            assert true_cost >= chosen - 1e-9  # the search chose the best tree
+            if rank == 1:  # nothing orders before the true tree: it is the chosen one
+                assert true_cost == pytest.approx(chosen)
+    known = BranchedAffinity(n_samples=64).search(bench, Budget(2.0), ctx)  # groups of 3: 2x fits from block 0
+    assert known.cost["true_tree_block"] == 0
+    assert known.artifacts["search.json"]["true_tree_rank"] == known.cost["true_tree_rank"]

@@ -43,10 +43,36 @@ A search that ends before the curriculum has unlocked every block warns
 (``cost["curriculum_complete"]`` is 0).
 
 Search length: ``search_epochs=0`` means ``epoch_factor`` (5) times the
-protocol's epochs. One epoch is one policy phase (below), so on the default
+protocol's epochs; ``policy_phases`` instead gives the number of policy phases
+after the warm-up (the warm-up then adds ``warmup_fraction`` of the total).
+One epoch is one policy phase (below), so on the default
 synthetic cell (60 protocol epochs, 4 policy steps per epoch) the search has
 240 phases and 960 policy steps, and the temperature ends at
-``5 x 0.965^239 = 1e-3`` (the reference: ~330 phases, ~8000 policy steps).
+``5 x 0.965^239 = 1e-3``.
+
+The reference's length, read in its configs (``yamls/adashare/nyu_v2_3task.yml``:
+``total_iters: 20000``, ``warm_up_iters: 4000``, batch 16; the alternation
+lengths default to one pass over ``train1`` / ``train2``, ``train.py``:
+``weight_iter_alternate = len(train1_loader)``): NYU-v2's 795 training images
+in two halves give 24 weight and 24 policy steps per phase, so its 16,000
+iterations after the warm-up are ~333 phases and ~8,000 policy steps. Its
+retraining (``re-train.py``: ``retrain_total_iters`` defaults to
+``total_iters``) runs as many iterations as the search, 20,000 (CityScapes
+the same; Taskonomy 100,000 search vs 30,000 retraining iterations). So,
+*proportionally*, the reference searches as long as it retrains (ratio 1) and
+spends 40% of those iterations on policy steps. Our warm-up epoch and our
+phase (one weight and one policy step per batch of the non-held-out half) each
+take about one epoch's worth of steps, so ``epoch_factor=1`` reproduces both
+ratios (search iterations = retraining iterations; 192 policy steps against
+480 retraining steps on the default synthetic cell, 0.4x). It also gives only
+48 phases there, where the reference has ~333 (its phases are short, one pass
+over 398 images): ``policy_phases=333`` reproduces the reference's temperature
+and curriculum schedule instead (final temperature ``5 x 0.965^332``, about
+4e-5). The default (factor 5, 240 phases) lies between the two; both
+reference readings are labelled variants in ``configs/synthetic_variants.toml``
+rather than defaults, because the two disagree and choosing between them needs
+a study on development seeds.
+
 With the protocol's own 60 epochs (factor 1) the logits barely moved (final
 p_select 0.16-0.87, 192 policy steps, final temperature 0.94). Measured at
 factor 5 on the default synthetic data, seeds 0-2 (``seed_everything``),
@@ -58,6 +84,12 @@ skipping a block costs more task loss than the sparsity term saves. They stop
 near 0.96 rather than 1.0 because the logits' weight decay (5e-4) balances
 the vanishing task gradient at a logit gap of about 3. Factor 3 (~8 s) and 8
 (~25 s) gave the same picture.
+
+Logged per search (as ``search.<name>`` metrics of the cell): ``skipped.<task>``,
+the number of blocks the task skips in the final plan, and
+``reproduces_shared_bottom`` (1 when the plan skips nothing: every task then
+runs every shared block, which is exactly shared-bottom), so a report can say
+when a policy reproduces shared-bottom.
 
 After the search, policies are sampled from the learned distribution
 (``samples`` draws; the reference retrains several sampled policies and keeps
@@ -75,7 +107,9 @@ trains the weights on the whole training split (as the reference's
 search is ``epoch_factor`` (5) times the protocol's epochs, about 1000 policy
 steps on the default synthetic cell against the reference's ~8000 (chosen to
 keep one search within ~30 s on one CPU thread; the policies then lean
-clearly to select, median p_select 0.92-0.96, above).
+clearly to select, median p_select 0.92-0.96, above). Proportionally the
+reference searches as long as it retrains (factor 1) but in ~333 phases
+(``policy_phases=333``); see "Search length" above.
 (3) Samples are ranked by the supernet's validation loss with each hard
 policy, not after retraining each of them (a method never retrains); the
 reference's README retrains 8 sampled architectures and reports the best, and
@@ -167,6 +201,17 @@ def sparsity_loss(logits: Tensor, n_unlocked: int) -> Tensor:
     return F.cross_entropy(part.flatten(0, 1).float(), target.flatten(), reduction="none").view(
         part.shape[:2]
     ).mean(dim=1).sum()
+
+
+def skip_counts(plan: Plan) -> dict[str, float]:
+    """``skipped.<task>``: blocks each task skips; ``reproduces_shared_bottom``: 1 when nothing is skipped.
+
+    AdaShare's weights are shared (node 0 everywhere), so a plan without skips
+    is shared-bottom exactly.
+    """
+    counts = {f"skipped.{t}": float(plan.nodes[t].count(None)) for t in plan.tasks}
+    shared = Plan.shared_bottom(plan.tasks, plan.blocks)
+    return {**counts, "reproduces_shared_bottom": float(plan == shared)}
 
 
 class AdaShareSupernet(nn.Module):
@@ -412,15 +457,25 @@ class AdaShare(Method):
         "epoch_factor": Option(EPOCH_FACTOR, "search epochs as a multiple of the protocol's, when search_epochs=0",
                                low=0.1, high=100.0),
         "skip_first_block": Option(False, "let tasks skip block 0 too (the reference's stem always runs)"),
+        "policy_phases": Option(0, "policy phases after the warm-up; 0 = from epoch_factor (the reference: ~333)",
+                                low=0, high=100_000),
     }
+
+    def search_length(self, protocol_epochs: int) -> tuple[int, int]:
+        """(search epochs, warm-up epochs): from search_epochs, policy_phases or epoch_factor."""
+        p = self.params
+        if p["search_epochs"] == 0 and p["policy_phases"]:
+            warmup = int(round(p["policy_phases"] * p["warmup_fraction"] / (1 - p["warmup_fraction"])))
+            return p["policy_phases"] + warmup, warmup
+        epochs = p["search_epochs"] or max(1, round(protocol_epochs * p["epoch_factor"]))
+        return epochs, min(epochs - 1, int(round(p["warmup_fraction"] * epochs)))
 
     def search(self, bench: Benchmark, budget: Budget, ctx: RunContext) -> SearchResult:
         del budget  # not budget-aware (DESIGN.md)
         p = self.params
         net = AdaShareSupernet(bench, n_stem=0 if p["skip_first_block"] else 1)
-        epochs = p["search_epochs"] or max(1, round(bench.protocol.epochs * p["epoch_factor"]))
+        epochs, warmup = self.search_length(bench.protocol.epochs)
         protocol = bench.protocol.replace(early_stopping=0, epochs=epochs)
-        warmup = min(protocol.epochs - 1, int(round(p["warmup_fraction"] * protocol.epochs)))
         weights = sharing_weights(net.n_blocks, p["sharing_direction"])
 
         def task_loss(model: AdaShareSupernet, x: Tensor, y: dict[str, Tensor]):
@@ -475,6 +530,7 @@ class AdaShare(Method):
             "samples_scored": len(scores),
             "curriculum_complete": float(complete),
             "skip_fraction": sum(plan.nodes[t].count(None) for t in plan.tasks) / (len(plan.tasks) * plan.n_blocks),
+            **skip_counts(plan),
         }
         return SearchResult(plan, cost=cost, init_state=net.weights_for(plan))
 

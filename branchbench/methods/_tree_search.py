@@ -10,6 +10,12 @@ Score of a chain (Vandenhende et al., BMVC 2020, the clustering cost)::
     cost_l(P) = (1/|P|) * sum_{C in P} max_{i, j in C} D[l, i, j]   (a singleton costs D[l,i,i] = 0)
     score     = sum_l cost_l(P_l)                                   (lower is better)
 
+The labelled variant ``cost="size_weighted"`` (not the paper's) weights each
+cluster by its share of the tasks instead of averaging over clusters, so peeling
+a single task off saves only ``1/T`` of that cluster's diameter::
+
+    cost_l(P) = sum_{C in P} (|C| / T) * max_{i, j in C} D[l, i, j]
+
 ``params = sum_l |P_l| * block_params[l]``, which is what
 :meth:`Plan.param_count` gives for a tree plan. Candidates are ordered by score
 (rounded to 1e-9, so float summation order cannot break a tie), then fewer
@@ -44,6 +50,13 @@ Two searches:
   splits that exhaust the budget. With ``beam=None`` nothing is pruned and all
   refinements are expanded, so it enumerates every admissible chain and returns
   exactly what :func:`exact_search` returns.
+
+A *probe* chain (e.g. the true tree, on data with known groups) can be handed to
+either search; it never changes what the search chooses, and the outcome says
+how many of the distinct trees the search scored order before it
+(:attr:`SearchOutcome.probe_rank` = that count + 1). Exact enumeration scores
+every admissible tree, so there the rank is exact; a beam search scores some of
+them, so the rank is among those (at most the exact rank).
 """
 
 from __future__ import annotations
@@ -63,6 +76,7 @@ Partition = tuple[Cluster, ...]
 Chain = tuple[Partition, ...]
 
 SCORE_DECIMALS = 9
+COSTS = ("paper", "size_weighted")
 
 
 def canonical(groups: Iterable[Iterable[int]]) -> Partition:
@@ -113,22 +127,34 @@ class Candidate:
 
 @dataclass
 class SearchOutcome:
-    """The best tree, the ``top`` best (best first) and how many distinct trees were scored."""
+    """The best tree, the ``top`` best (best first) and how many distinct trees were scored.
+
+    ``probe_rank``: 1 + the number of scored trees that order before the probe
+    chain (None without a probe).
+    """
 
     best: Candidate
     top: list[Candidate]
     evaluated: int
     search: str
+    probe_rank: int | None = None
 
 
 class TreeProblem:
     """Per-block task dissimilarities ``D`` (L x T x T), per-block parameters and the cap.
 
-    Raises :class:`BudgetError` when the cap is below shared-bottom's parameters
-    (no tree fits) and ``ValueError`` for malformed inputs.
+    ``cost`` is the clustering cost of a block (see the module docstring):
+    ``"paper"`` or ``"size_weighted"``. Raises :class:`BudgetError` when the cap
+    is below shared-bottom's parameters (no tree fits) and ``ValueError`` for
+    malformed inputs.
     """
 
-    def __init__(self, dissimilarity: np.ndarray, block_params: Sequence[int], cap: float) -> None:
+    def __init__(
+        self, dissimilarity: np.ndarray, block_params: Sequence[int], cap: float, cost: str = "paper"
+    ) -> None:
+        if cost not in COSTS:
+            raise ValueError(f"clustering cost {cost!r} is not one of {list(COSTS)}")
+        self.cost = cost
         d = np.asarray(dissimilarity, dtype=float)
         if d.ndim != 3 or d.shape[1] != d.shape[2] or d.shape[1] < 1:
             raise ValueError(
@@ -171,10 +197,14 @@ class TreeProblem:
         return self._diameters[key]
 
     def level_cost(self, level: int, partition: Partition) -> float:
-        """Mean over the clusters of their largest pairwise dissimilarity at ``level``."""
+        """The clusters' largest pairwise dissimilarities at ``level``: their mean, or size-weighted sum."""
         key = (level, partition)
         if key not in self._costs:
-            self._costs[key] = sum(self.diameter(level, c) for c in partition) / len(partition)
+            if self.cost == "paper":
+                value = sum(self.diameter(level, c) for c in partition) / len(partition)
+            else:
+                value = sum(len(c) * self.diameter(level, c) for c in partition) / self.n_tasks
+            self._costs[key] = value
         return self._costs[key]
 
     def score(self, chain: Chain) -> float:
@@ -289,16 +319,23 @@ class TreeProblem:
 
 @dataclass
 class _TopK:
-    """The ``k`` best candidates by key, deduplicated; counts the distinct candidates seen."""
+    """The ``k`` best candidates by key, deduplicated; counts the distinct candidates seen.
+
+    With a ``probe`` key it also counts the distinct candidates that order before it.
+    """
 
     k: int
+    probe: tuple | None = None
     items: list[Candidate] = field(default_factory=list)
     seen: set[Chain] = field(default_factory=set)
+    before_probe: int = 0
 
     def add(self, cand: Candidate) -> None:
         if cand.chain in self.seen:
             return
         self.seen.add(cand.chain)
+        if self.probe is not None and cand.key < self.probe:
+            self.before_probe += 1
         self.items.append(cand)
         if len(self.items) > 4 * self.k:
             self._trim()
@@ -309,12 +346,17 @@ class _TopK:
 
     def outcome(self, search: str) -> SearchOutcome:
         self._trim()
-        return SearchOutcome(self.items[0], list(self.items), len(self.seen), search)
+        rank = None if self.probe is None else self.before_probe + 1
+        return SearchOutcome(self.items[0], list(self.items), len(self.seen), search, rank)
 
 
-def exact_search(problem: TreeProblem, top_k: int = 10) -> SearchOutcome:
+def _probe_key(problem: TreeProblem, probe: Chain | None) -> tuple | None:
+    return None if probe is None else problem.candidate(probe).key
+
+
+def exact_search(problem: TreeProblem, top_k: int = 10, probe: Chain | None = None) -> SearchOutcome:
     """Every admissible chain, depth first; the best by (score, params, chain)."""
-    best = _TopK(max(1, top_k))
+    best = _TopK(max(1, top_k), _probe_key(problem, probe))
     last = problem.n_levels - 1
 
     def visit(level: int, parent: Partition, chain: Chain, params: int) -> None:
@@ -332,10 +374,14 @@ def exact_search(problem: TreeProblem, top_k: int = 10) -> SearchOutcome:
 
 
 def beam_search(
-    problem: TreeProblem, beam: int | None = 16, max_children: int = 256, top_k: int = 10
+    problem: TreeProblem,
+    beam: int | None = 16,
+    max_children: int = 256,
+    top_k: int = 10,
+    probe: Chain | None = None,
 ) -> SearchOutcome:
     """Block-by-block beam search (see the module docstring); ``beam=None`` is exhaustive."""
-    best = _TopK(max(1, top_k))
+    best = _TopK(max(1, top_k), _probe_key(problem, probe))
     states: list[tuple[Chain, int]] = [((), 0)]  # (chain so far, its parameters)
     for level in range(problem.n_levels):
         grown: list[tuple[Candidate, Chain, int]] = []
@@ -378,8 +424,9 @@ def search_trees(
     beam: int | None = 16,
     max_children: int = 256,
     top_k: int = 10,
+    probe: Chain | None = None,
 ) -> SearchOutcome:
     """Exact enumeration up to ``exact_max_tasks`` tasks, beam search beyond."""
     if problem.n_tasks <= exact_max_tasks:
-        return exact_search(problem, top_k)
-    return beam_search(problem, beam, max_children, top_k)
+        return exact_search(problem, top_k, probe)
+    return beam_search(problem, beam, max_children, top_k, probe)
