@@ -228,10 +228,12 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
         tracking.log_object(run_id, f"search/{name}", obj)
 
     # retrain from scratch (or fine-tune, when asked), select on val
-    init_state = result.init_state if cell.finetune else None
-    if cell.finetune and init_state is None:
-        raise CellError(f"fine-tuning was asked for, but method {cell.method!r} returns no search weights")
-    retrained = retrain(bench, plan, ctx.trainer("train"), cell.seed, init_state)
+    if cell.finetune:
+        if result.init_state is None:
+            raise CellError(f"fine-tuning was asked for, but method {cell.method!r} returns no search weights")
+        retrained = method.finetune(bench, plan, result.init_state, ctx, cell.seed)
+    else:
+        retrained = retrain(bench, plan, ctx.trainer("train"), cell.seed)
     metrics = dict(retrained.metrics)
 
     # costs

@@ -308,6 +308,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        quiet=args.quiet, cells=cells)
     if not args.no_report:
         _report(tracking, result.parent_run_id, args.reports_dir, log=True)
+    from branchbench.ui import save_view
+
+    save_view(tracking)  # the UI's comparison view now shows this sweep's metrics
     for item in result.failed:
         print(f"FAILED {item.cell.name} ({item.failure_kind}): {item.error}", file=sys.stderr)
     done = sum(r.status in ("finished", "skipped") for r in result.results)

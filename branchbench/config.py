@@ -49,10 +49,11 @@ from pathlib import Path
 from typing import Any
 
 TOP_KEYS = {"sweep", "protocol", "datasets", "methods"}
-SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment", "include"}
+SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment", "purpose", "include"}
 INCLUDE_KEYS = {"methods", "tuning"}
 TUNING_TAGS = {"trials": "bb.tuning_trials", "study": "bb.tuning_study"}
 SECTIONS = ("dataset", "method", "protocol")
+PURPOSES = ("comparison", "development")
 
 
 class ConfigError(ValueError):
@@ -64,12 +65,15 @@ class Component:
     """A named instance of a registered dataset or method kind, with its options.
 
     ``tuning`` is the ``[tuning]`` record of the tuned file its options were
-    included from (``trials``, ``study``, ...), if any.
+    included from (``trials``, ``study``, ...), if any. ``finetune`` (methods
+    only): this method's cells fine-tune the search weights instead of
+    retraining from scratch (None: the sweep's setting).
     """
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] | None = None
+    finetune: bool | None = None
 
     def tags(self) -> dict[str, str]:
         """The cell tags that state how this component's options were chosen (empty when not tuned)."""
@@ -89,6 +93,7 @@ class SweepConfig:
     data_seeds: list[int] | None = None
     finetune: bool = False
     experiment: str | None = None
+    purpose: str = "comparison"
     source: str = "<inline>"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +114,17 @@ def load_config(path: str | Path) -> SweepConfig:
     cfg = parse_config(raw, source=str(path))
     from branchbench.seeds import SeedWarning, comparison_warning
 
+    if cfg.purpose == "development":
+        from branchbench.seeds import SeedError, check_development
+
+        if not cfg.data_seeds:
+            raise ConfigError(f"{path}: a development config (purpose = \"development\") draws its data on "
+                              "development seeds: give sweep.data_seeds (e.g. [1000, 1001, 1002])")
+        try:
+            check_development(cfg.data_seeds, f"{path}: sweep.data_seeds")
+        except SeedError as err:
+            raise ConfigError(str(err)) from None
+        return cfg
     message = comparison_warning(cfg.data_seeds, str(path))
     if message:
         warnings.warn(message, SeedWarning, stacklevel=2)
@@ -161,6 +177,10 @@ def parse_config(raw: dict[str, Any], source: str = "<inline>") -> SweepConfig:
         raise ConfigError(f"no [methods.<name>] section {where}; add at least one method")
     for path in _include_list(sweep, where):
         _include(methods, _base(source) / path, path, where)
+    purpose = sweep.get("purpose", "comparison")
+    if purpose not in PURPOSES:
+        raise ConfigError(f"sweep.purpose {where} is {purpose!r}; give one of {list(PURPOSES)} (development: "
+                          "a study on development data seeds, whose results choose defaults)")
     finetune = sweep.get("finetune", False)
     if not isinstance(finetune, bool):
         raise ConfigError(f"sweep.finetune {where} must be true or false")
@@ -177,6 +197,7 @@ def parse_config(raw: dict[str, Any], source: str = "<inline>") -> SweepConfig:
         data_seeds=data_seeds,
         finetune=finetune,
         experiment=sweep.get("experiment"),
+        purpose=purpose,
         source=source,
         raw=raw,
     )
@@ -198,7 +219,10 @@ def _components(raw: dict[str, Any], section: str, where: str) -> dict[str, Comp
         kind = options.pop("kind", name)
         if not isinstance(kind, str):
             raise ConfigError(f"[{section}.{name}] {where}: kind must be a registered name (a string)")
-        out[name] = Component(kind, options)
+        finetune = options.pop("finetune", None) if section == "methods" else None
+        if finetune is not None and not isinstance(finetune, bool):
+            raise ConfigError(f"[{section}.{name}] {where}: finetune must be true or false")
+        out[name] = Component(kind, options, finetune=finetune)
     return out
 
 
@@ -253,7 +277,7 @@ def _include(methods: dict[str, Component], path: Path, given: str, where: str) 
         if tuning is not None and mine.tuning is not None:
             raise ConfigError(f"{here}: method {name!r} is already tuned by another included file; include one")
         methods[name] = Component(mine.kind, {**mine.options, **extra.options},
-                                  tuning if tuning is not None else mine.tuning)
+                                  tuning if tuning is not None else mine.tuning, mine.finetune)
 
 
 def single_config(dataset: str, method: str) -> SweepConfig:
@@ -313,11 +337,18 @@ def cell_configs(
                         out.append(CellConfig(
                             dataset=data_name, method=method_name, dataset_options=dict(options),
                             method_options=dict(method_options), budget=budget, seed=seed,
-                            protocol=dict(protocol), finetune=cfg.finetune if finetune is None else finetune,
+                            protocol=dict(protocol), finetune=_finetune(finetune, method, cfg),
                             dataset_kind=data.kind, method_kind=method.kind,
                             tags=method.tags() if tuned else {},
                         ))
     return out
+
+
+def _finetune(given: bool | None, method: Component, cfg: SweepConfig) -> bool:
+    """A cell fine-tunes when asked on the command line, else by its method's table, else by the sweep."""
+    if given is not None:
+        return given
+    return method.finetune if method.finetune is not None else cfg.finetune
 
 
 def parse_assignment(text: str) -> tuple[str, str, Any]:

@@ -279,7 +279,7 @@ def open_parent(tracking: Tracking, cfg: SweepConfig, cells: list[Cell], session
         else:
             from branchbench.cell import default_device
 
-            tags = {"bb.kind": "sweep", "bb.sweep": key, "bb.sweep_name": cfg.name,
+            tags = {"bb.kind": "sweep", "bb.sweep": key, "bb.sweep_name": cfg.name, "bb.purpose": cfg.purpose,
                     "bb.config_source": os.path.basename(cfg.source), **environment_tags(default_device())}
             run_id = tracking.start_run(f"sweep-{cfg.name}", tags)
             tracking.log_params(run_id, {"seeds": cfg.seeds, "data_seeds": cfg.data_seeds, "budgets": cfg.budgets,

@@ -159,6 +159,14 @@ def test_runs_as_a_cell(tracking):
     assert m["search.k"] == 2 and m["budget_ratio"] <= 2.0 and "grouping.recovered" in m
     finetuned = run_cell(CellConfig(**{**config.__dict__, "finetune": True}), tracking)
     assert finetuned.status == "finished", finetuned.error
+    # the per-group variant: the cell calls the method's own fine-tuning (curves per group, tagged)
+    per_group = CellConfig(**{**config.__dict__, "finetune": True,
+                              "method_options": {"k": 2, "finetune_mode": "per_group"}})
+    outcome = run_cell(per_group, tracking)
+    assert outcome.status == "finished", outcome.error
+    run = tracking.get_run(outcome.run_id)
+    assert run.data.tags["bb.finetuned"] == "true"
+    assert any(key.startswith("train_g") for key in run.data.metrics)
 
 
 # ------------------------------------------------ issue 13: k, the reference's schedule, fine-tuning

@@ -48,3 +48,20 @@ def test_study_scripts_draw_development_seeds_and_never_select_on_test_or_truth(
                 and node.module in ("branchbench.seeds", "branchbench.tune") for alias in node.names}
     assert imported & {"development_seeds", "check_development", "DEVELOPMENT"}, script.name
     assert "validation" in (ast.get_docstring(tree) or "").lower()
+
+
+def test_a_development_config_must_draw_development_seeds(tmp_path):
+    from branchbench.config import ConfigError
+
+    path = tmp_path / "study.toml"
+    text = "[sweep]\npurpose = 'development'\n{seeds}\n[datasets.synthetic]\n[methods.shared_bottom]\n"
+    path.write_text(text.format(seeds="data_seeds = [1000, 1001]"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", seeds.SeedWarning)
+        assert load_config(path).purpose == "development"
+    path.write_text(text.format(seeds="data_seeds = [0, 1000]"))
+    with pytest.raises(ConfigError, match="data seed 0 is an evaluation data seed"):
+        load_config(path)
+    path.write_text(text.format(seeds=""))
+    with pytest.raises(ConfigError, match="give sweep.data_seeds"):
+        load_config(path)

@@ -30,6 +30,7 @@ __all__ = ["Method", "Option", "OptionError", "Reference", "Requirement", "RunCo
 if TYPE_CHECKING:  # pragma: no cover
     from branchbench.core.benchmark import Benchmark, TrainingProtocol
     from branchbench.core.budget import Budget
+    from branchbench.core.retrain import Retrained
     from branchbench.core.trainer import Trainer
 
 
@@ -141,6 +142,20 @@ class Method(Configurable):
         reference for Δm, so declaring it costs nothing extra.
         """
         return {"independent": Requirement("independent")} if "needs_reference" in self.tags else {}
+
+    def finetune(self, bench: Benchmark, plan: Plan, init_state: Mapping[str, torch.Tensor], ctx: RunContext,
+                 seed: int) -> Retrained:
+        """Fine-tune the search weights of ``plan`` (only when a cell asks for fine-tuning; tagged).
+
+        The suite's default for every method is retraining from scratch; when a
+        cell fine-tunes instead, the cell calls this. The default trains every
+        weight jointly from ``init_state`` with the usual trainer; a method
+        whose paper fine-tunes differently (DMTG's per-group fine-tuning)
+        overrides it.
+        """
+        from branchbench.core.retrain import retrain
+
+        return retrain(bench, plan, ctx.trainer("train"), seed, dict(init_state))
 
     def check_cell(self, protocol: TrainingProtocol, task_names: list[str]) -> None:
         """Refuse, while the cell is resolved, options that cannot work with this protocol or data.
