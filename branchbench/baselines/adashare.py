@@ -410,6 +410,19 @@ class AdaShare(Method):
         "skip_first_block": Option(False, "let tasks skip block 0 too (the reference's stem always runs)"),
     }
 
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether select-or-skip patterns can tell the true groups apart: at most 2^(skippable blocks) groups.
+
+        Tasks share an activation exactly when they select the same blocks so
+        far, so giving each group its own pattern recovers the grouping at the
+        last block.
+        """
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        skippable = len(bench.backbone.blocks) - (0 if self.params["skip_first_block"] else 1)
+        return len(truth) <= 2**skippable
+
     def search(self, bench: Benchmark, budget: Budget, ctx: RunContext) -> SearchResult:
         del budget  # not budget-aware (DESIGN.md)
         p = self.params

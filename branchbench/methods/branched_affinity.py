@@ -92,6 +92,7 @@ from torch.nn import functional as F
 from branchbench.core.benchmark import Benchmark
 from branchbench.core.budget import Budget
 from branchbench.core.method import Method, Option, RunContext, SearchResult
+from branchbench.core.metrics import min_recovery_params
 from branchbench.core.net import BranchedNet
 from branchbench.core.plan import Plan
 from branchbench.methods._tree_search import Chain, SearchOutcome, TreeProblem, search_trees
@@ -202,6 +203,14 @@ class BranchedAffinity(Method):
             cost["reference_seconds"] = ref.seconds
         artifacts = self._artifacts(bench, affinity, problem, outcome, ratio, budget, len(x))
         return SearchResult(plan, cost=cost, artifacts=artifacts)
+
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether the budget filter admits a tree that recovers the true grouping (the cheapest one fits)."""
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        ratio = budget.ratio if budget.capped else self.params["default_budget"]
+        return min_recovery_params(bench.backbone.block_params, len(truth)) <= Budget(ratio).cap(bench.backbone)
 
     @staticmethod
     def _plan(bench: Benchmark, chain: Chain) -> Plan:

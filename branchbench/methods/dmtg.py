@@ -310,6 +310,16 @@ class DMTG(Method):
         "search_epochs": Option(0, "supernet epochs; 0 = the benchmark protocol's", low=0, high=100_000),
     }
 
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether K branches after the stem can hold the true groups: at most K of them."""
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        try:
+            return len(truth) <= self._groups(bench, budget)
+        except ValueError:  # BudgetError included: no K fits, so no grouping does
+            return False
+
     def _groups(self, bench: Benchmark, budget: Budget) -> int:
         backbone = bench.backbone
         s = self.params["shared_blocks"]
