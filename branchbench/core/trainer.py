@@ -204,14 +204,11 @@ class TaskSelection:
 
     def __init__(self, keys: Mapping[str, Sequence[str]]) -> None:
         self.keys = {task: list(k) for task, k in keys.items()}
+        self.owned = {k for task_keys in self.keys.values() for k in task_keys}
         self.best = {task: math.inf for task in self.keys}
         self.best_epoch = {task: -1 for task in self.keys}
         self.bad = {task: 0 for task in self.keys}
         self.states: dict[str, dict[str, torch.Tensor]] = {}
-
-    @property
-    def owned(self) -> set[str]:
-        return {k for keys in self.keys.values() for k in keys}
 
     def update(self, model: nn.Module, epoch: int, val_tasks: Mapping[str, float]) -> None:
         state = model.state_dict()
