@@ -43,6 +43,7 @@ from branchbench import interrupts
 from branchbench.context import CellContext, CellProgress
 from branchbench.core.benchmark import Benchmark
 from branchbench.core.budget import BudgetError
+from branchbench.core.method import Method
 from branchbench.core.metrics import delta_m, grouping_scores, measure_latency
 from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
@@ -332,7 +333,7 @@ def compute_metrics(search_fits: list[FitResult], train_fit: FitResult) -> dict[
     return out
 
 
-def reused_metrics(tracking: Tracking, ctx: CellContext, method) -> dict[str, float]:
+def reused_metrics(tracking: Tracking, ctx: CellContext, method: Method) -> dict[str, float]:
     """The cost of the cells this method's search reads (its :meth:`Method.requires`): whole runs, summed."""
     out = {"reused.seconds": 0.0, "reused.flops": 0.0, "reused.steps": 0.0}
     for role in method.requires():
