@@ -10,6 +10,20 @@ every epoch's curve and its search time includes the interrupted part.
 
 The plan a method returns is always retrained from scratch by the same code
 (fine-tuning the search weights is opt-in, and tagged ``bb.finetuned``).
+
+What a cell logs beyond the scores (:func:`compute_metrics`): the search's and
+the retrain's optimiser steps and training FLOPs (``search.steps``,
+``search.flops``, ``train.steps``, ``train.flops``), the cost of the other
+cells a method's search reads (``reused.seconds``, ``reused.flops``,
+``reused.steps``: e.g. Vandenhende's single-task networks, a control's source;
+0 for a method that reads none; the Δm reference is not charged, its time is
+``reused_seconds`` / ``reference_seconds``), whether the true grouping lies in
+the method's search space (``grouping.feasible``, where the method says), the
+tags ``bb.hit_epoch_cap`` (the retrain's selected epoch is its last: it ended
+still improving) and ``bb.search_hit_epoch_cap`` (the same for a search's
+supernet), and for a control ``bb.control_of``. A control that is undefined in
+its cell (:class:`~branchbench.baselines.controls.UndefinedControl`) fails with
+kind ``undefined`` and the tag ``bb.control_undefined``.
 """
 
 from __future__ import annotations
@@ -29,11 +43,12 @@ from branchbench import interrupts
 from branchbench.context import CellContext, CellProgress
 from branchbench.core.benchmark import Benchmark
 from branchbench.core.budget import BudgetError
+from branchbench.core.method import Method
 from branchbench.core.metrics import delta_m, grouping_scores, measure_latency
 from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
 from branchbench.core.tasks import TaskSpec
-from branchbench.core.trainer import DivergenceError, resolve_amp
+from branchbench.core.trainer import DivergenceError, FitResult, resolve_amp
 from branchbench.locks import FileLock
 from branchbench.plugins import RegistryError, get_method_class
 from branchbench.provenance import environment_tags
@@ -56,6 +71,10 @@ class CellOutcome:
 
 def failure_kind(err: BaseException) -> str:
     """Deterministic failures (not retried by sweeps) versus other errors."""
+    from branchbench.baselines.controls import UndefinedControl
+
+    if isinstance(err, UndefinedControl):
+        return "undefined"
     if isinstance(err, DivergenceError):
         return "divergence"
     if isinstance(err, PlanError | BudgetError):
@@ -166,7 +185,10 @@ def _execute(cell: Cell, tracking: Tracking, parent_run_id: str | None, device: 
     except Exception as err:  # a failing cell is recorded and the caller goes on
         reason = f"{type(err).__name__}: {err}"
         kind = failure_kind(err)
-        tracking.set_tags(run_id, {"bb.failure_kind": kind, "bb.traceback": traceback.format_exc()[-4000:]})
+        tags = {"bb.failure_kind": kind, "bb.traceback": traceback.format_exc()[-4000:]}
+        if kind == "undefined":
+            tags["bb.control_undefined"] = "true"
+        tracking.set_tags(run_id, tags)
         tracking.end_run(run_id, "FAILED", reason)
         return CellOutcome("failed", cell.hash, run_id, error=reason, failure_kind=kind,
                            seconds=time.perf_counter() - start)
@@ -205,14 +227,18 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
         if searching:
             progress.save(search_seconds=before + time.perf_counter() - search_start)
 
-    ctx = CellContext(cell, bench, tracking, run_id, device,
-                      _dependency_runner(tracking, parent_run_id, device, show_progress),
-                      show_progress, on_checkpoint=record_search_time)
+    ctx = MeteredContext(cell, bench, tracking, run_id, device,
+                         _dependency_runner(tracking, parent_run_id, device, show_progress),
+                         show_progress, on_checkpoint=record_search_time)
 
     # search (a resumed search continues from its checkpoints; its time adds to the earlier part's)
     seed_everything(cell.seed)
     method = cell.make_method()
+    control_of = method.control_of()
+    if control_of:
+        tracking.set_tags(run_id, {"bb.control_of": control_of})
     result = method.search(bench, cell.budget, ctx)
+    search_fits = list(ctx.fits)
     search_seconds = before + time.perf_counter() - search_start
     searching = False
     progress.save(search_seconds=search_seconds)
@@ -251,6 +277,13 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
         }
     )
     metrics.update({f"search.{k}": float(v) for k, v in result.cost.items()})
+    metrics.update(compute_metrics(search_fits, retrained.fit))
+    metrics.update(reused_metrics(tracking, ctx, method))
+    tracking.set_tags(run_id, {
+        "bb.hit_epoch_cap": str(retrained.fit.still_improving).lower(),
+        "bb.stopped": retrained.fit.stopped,
+        "bb.search_hit_epoch_cap": str(any(f.still_improving for f in search_fits)).lower(),
+    })
     example = bench.prepare(bench.splits["test"].x[:1]).to(device)
     amp = resolve_amp(bench.protocol.amp, device)
     metrics["latency_ms.b1"] = measure_latency(retrained.net, example, amp=amp)
@@ -271,6 +304,9 @@ def _search_and_retrain(cell: Cell, tracking: Tracking, run_id: str, device: tor
     truth = bench.true_partition()
     if truth is not None:
         metrics.update({f"grouping.{k}": v for k, v in grouping_scores(plan, truth).items()})
+        feasible = method.feasible(bench, cell.budget)
+        if feasible is not None:
+            metrics["grouping.feasible"] = float(bool(feasible))
     metrics.update(main_metrics(bench.tasks, metrics))
     tracking.log_metrics(run_id, metrics)
     tracking.set_description(run_id, run_description(cell, bench, metrics, plan))
@@ -333,6 +369,44 @@ def run_description(cell: Cell, bench: Benchmark | None = None, metrics: dict[st
                   for key, tasks in plan.activations(level).items()]
         lines.append(f"- `{block}`: " + " | ".join(groups))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ compute
+class MeteredContext(CellContext):
+    """The cell's context, keeping the record of every fit run through its trainers (``fits``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fits: list[FitResult] = []
+
+    def trainer(self, name: str, protocol=None):
+        trainer = super().trainer(name, protocol)
+        trainer.on_fit_end = self.fits.append
+        return trainer
+
+
+def compute_metrics(search_fits: list[FitResult], train_fit: FitResult) -> dict[str, float]:
+    """Steps and training FLOPs of the search (all its fits) and of the retrain; per-task best epochs."""
+    out = {
+        "search.steps": float(sum(f.total_steps for f in search_fits)),
+        "search.flops": float(sum(f.flops for f in search_fits)),
+        "train.steps": float(train_fit.total_steps),
+        "train.flops": train_fit.flops,
+    }
+    out.update({f"best_epoch.{task}": float(epoch) for task, epoch in train_fit.task_best_epochs.items()})
+    return out
+
+
+def reused_metrics(tracking: Tracking, ctx: CellContext, method: Method) -> dict[str, float]:
+    """The cost of the cells this method's search reads (its :meth:`Method.requires`): whole runs, summed."""
+    out = {"reused.seconds": 0.0, "reused.flops": 0.0, "reused.steps": 0.0}
+    for role in method.requires():
+        reference = ctx.reference(role)
+        data = tracking.get_run(reference.run_id).data.metrics if reference.run_id else {}
+        out["reused.seconds"] += reference.seconds + data.get("reused.seconds", 0.0)
+        for key in ("flops", "steps"):
+            out[f"reused.{key}"] += sum(data.get(f"{part}.{key}", 0.0) for part in ("search", "train", "reused"))
+    return out
 
 
 def flat_params(resolved: dict[str, Any]) -> dict[str, Any]:

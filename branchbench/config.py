@@ -7,6 +7,7 @@ Example (``configs/synthetic.toml``)::
     seeds = [0, 1, 2]           # training seeds
     data_seeds = [0, 1]         # data draws (datasets with a data_seed option; optional)
     budgets = [1.5, 3.0]        # budget-aware methods run once per budget
+    controls = ["permuted_tree", "random_policy"]  # each learned method's own controls (optional)
 
     [protocol]                  # overrides of every dataset's training protocol
     epochs = 40
@@ -42,6 +43,7 @@ option of them. Both happen before any run exists.
 
 from __future__ import annotations
 
+import json
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 TOP_KEYS = {"sweep", "protocol", "datasets", "methods"}
-SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment", "purpose", "include"}
+SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment", "purpose", "include",
+              "controls"}
 INCLUDE_KEYS = {"methods", "tuning"}
 TUNING_TAGS = {"trials": "bb.tuning_trials", "study": "bb.tuning_study"}
 SECTIONS = ("dataset", "method", "protocol")
@@ -94,6 +97,7 @@ class SweepConfig:
     finetune: bool = False
     experiment: str | None = None
     purpose: str = "comparison"
+    controls: list[str] = field(default_factory=list)
     source: str = "<inline>"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -187,6 +191,9 @@ def parse_config(raw: dict[str, Any], source: str = "<inline>") -> SweepConfig:
     for key in ("name", "experiment"):
         if key in sweep and not isinstance(sweep[key], str):
             raise ConfigError(f"sweep.{key} {where} must be a string")
+    controls = sweep.get("controls", [])
+    if not isinstance(controls, list) or not all(isinstance(c, str) for c in controls):
+        raise ConfigError(f"sweep.controls {where} must be a list of control names, e.g. [\"permuted_tree\"]")
     return SweepConfig(
         name=str(sweep.get("name", Path(source).stem)),
         seeds=seeds,
@@ -198,6 +205,7 @@ def parse_config(raw: dict[str, Any], source: str = "<inline>") -> SweepConfig:
         finetune=finetune,
         experiment=sweep.get("experiment"),
         purpose=purpose,
+        controls=list(controls),
         source=source,
         raw=raw,
     )
@@ -304,6 +312,11 @@ def cell_configs(
     --budget``; the resolver checks and then ignores it). ``overrides`` are
     ``--set`` values by section. Data seeds apply to datasets with a
     ``data_seed`` option; others have a fixed split (data seed 0).
+
+    ``sweep.controls`` adds, for every chosen learned method, each listed
+    control that applies to it (:func:`control_components`): a cell named by
+    the control (e.g. ``permuted_tree``) reading that method's cell, at its
+    budgets and seeds, tagged ``bb.control_of`` with the method's name.
     """
     from branchbench.plugins import get_dataset_class, get_method_class
     from branchbench.resolve import CellConfig
@@ -317,6 +330,9 @@ def cell_configs(
             raise ConfigError(f"{cfg.source} has no method {name!r}; it has {sorted(cfg.methods)}")
     protocol = {**cfg.protocol, **overrides.get("protocol", {})}
     explicit_budgets = budgets is not None
+    chosen = methods or list(cfg.methods)
+    components = {name: cfg.methods[name] for name in chosen}
+    generated = control_components(cfg, chosen, overrides.get("method", {}))
     out = []
     for data_name in datasets or list(cfg.datasets):
         data = cfg.datasets[data_name]
@@ -325,19 +341,19 @@ def cell_configs(
         draws = cfg.data_seeds if (cfg.data_seeds and has_data_seed) else [None]
         for data_seed in draws:
             options = dict(data_options) if data_seed is None else {**data_options, "data_seed": data_seed}
-            for method_name in methods or list(cfg.methods):
-                method = cfg.methods[method_name]
-                method_options = {**method.options, **overrides.get("method", {})}
+            for method_name, method, control in [(n, c, False) for n, c in components.items()] + generated:
+                method_options = dict(method.options) if control else {**method.options, **overrides.get("method", {})}
                 # a --set that changes a tuned option makes the cell no longer the tuned one
                 tuned = method.options == {k: method_options[k] for k in method.options}
-                aware = get_method_class(method.kind).budget_aware
+                aware = get_method_class(method.kind)(**method_options).budget_aware
                 cell_budgets = budgets if explicit_budgets else (cfg.budgets if aware else [None])
                 for budget in cell_budgets:
                     for seed in seeds if seeds is not None else cfg.seeds:
                         out.append(CellConfig(
                             dataset=data_name, method=method_name, dataset_options=dict(options),
                             method_options=dict(method_options), budget=budget, seed=seed,
-                            protocol=dict(protocol), finetune=_finetune(finetune, method, cfg),
+                            protocol=dict(protocol),
+                            finetune=False if control else _finetune(finetune, method, cfg),
                             dataset_kind=data.kind, method_kind=method.kind,
                             tags=method.tags() if tuned else {},
                         ))
@@ -349,6 +365,38 @@ def _finetune(given: bool | None, method: Component, cfg: SweepConfig) -> bool:
     if given is not None:
         return given
     return method.finetune if method.finetune is not None else cfg.finetune
+
+
+def control_components(cfg: SweepConfig, methods: list[str], method_overrides: dict[str, Any]
+                       ) -> list[tuple[str, Component, bool]]:
+    """(name, component, True) of each control of ``sweep.controls`` for each learned method it applies to.
+
+    A learned method is one that searches (tagged ``search`` or
+    ``needs_reference``, and not itself a control or a given plan);
+    ``permuted_tree`` applies to those without skips, ``random_policy`` to
+    those with (``skips``). The control is named by its kind, so reports group
+    it as ``permuted_tree (<method>)``; its options name the method, its kind
+    and its options (with ``--set method.*`` overrides), so it reads that very
+    cell.
+    """
+    from branchbench.plugins import get_method_class
+
+    out = []
+    for control in cfg.controls:
+        cls = get_method_class(control)
+        if "control" not in cls.tags:
+            raise ConfigError(f"sweep.controls in {cfg.source}: {control!r} is not a control (a method tagged "
+                              "'control', e.g. permuted_tree or random_policy)")
+        for name in methods:
+            source = cfg.methods[name]
+            tags = get_method_class(source.kind).tags
+            learned = bool(tags & {"search", "needs_reference"}) and not tags & {"control", "given_plan"}
+            if not learned or ("skips" in tags) != ("skips" in cls.tags):
+                continue
+            options = {**source.options, **method_overrides}
+            out.append((control, Component(control, {"source": name, "source_kind": source.kind,
+                                                     "source_options": json.dumps(options, sort_keys=True)}), True))
+    return out
 
 
 def parse_assignment(text: str) -> tuple[str, str, Any]:

@@ -43,6 +43,8 @@ BUILTIN_METHODS = {
     "shared_bottom": "branchbench.baselines.shared_bottom:SharedBottom",
     "independent": "branchbench.baselines.independent:Independent",
     "random_tree": "branchbench.baselines.random_tree:RandomTree",
+    "permuted_tree": "branchbench.baselines.controls:PermutedTree",
+    "random_policy": "branchbench.baselines.controls:RandomPolicy",
     "oracle_tree": "branchbench.baselines.oracle_tree:OracleTree",
     "fixed_plan": "branchbench.baselines.fixed_plan:FixedPlan",
     "adashare": "branchbench.baselines.adashare:AdaShare",

@@ -216,7 +216,7 @@ class Resolver:
             protocol = facts.protocol.replace(**dict(config.protocol))
         except OptionError as err:
             raise OptionError(f"dataset {config.dataset!r}: {err}") from None
-        budget = _budget(config.budget, method_cls.budget_aware, len(facts.task_names))
+        budget = _budget(config.budget, method.budget_aware, len(facts.task_names))
         method.check_cell(protocol, list(facts.task_names))
 
         needs = self._needs(config, method)
@@ -237,7 +237,7 @@ class Resolver:
         return Cell(
             dataset=config.dataset, dataset_kind=dataset_kind, method=config.method, method_kind=method_kind,
             budget=budget, seed=seed, data_seed=int(data_seed), protocol=protocol, finetune=config.finetune,
-            budget_aware=method_cls.budget_aware, task_names=facts.task_names, has_groups=facts.has_groups,
+            budget_aware=method.budget_aware, task_names=facts.task_names, has_groups=facts.has_groups,
             hash=config_hash(identified), data_key=data_key,
             config=json.dumps(resolved, sort_keys=True, default=str), needs=needs,
             labels=tuple(sorted((str(k), str(v)) for k, v in config.tags.items())),
@@ -268,6 +268,7 @@ class Resolver:
                 dataset=config.dataset, method=req.method, dataset_options=dict(config.dataset_options),
                 method_options=dict(req.options), budget=config.budget if req.same_budget else None,
                 seed=config.seed, protocol=dict(config.protocol), finetune=False, dataset_kind=config.dataset_kind,
+                method_kind=req.kind,
             )
             needs.append((role, self.resolve(dep)))
         return tuple(needs)

@@ -64,7 +64,7 @@ from branchbench.core.retrain import seed_everything
 from branchbench.core.tasks import multitask_loss
 from branchbench.datasets.base import Dataset
 
-KNOWN_TAGS = frozenset({"search", "skips", "needs_groups", "needs_reference", "stochastic", "given_plan"})
+KNOWN_TAGS = frozenset({"search", "skips", "needs_groups", "needs_reference", "stochastic", "given_plan", "control"})
 KIT_DATA = dict(tasks=4, groups=2, input_dim=8, n_train=64, n_val=32, n_test=32, width=8, depth=3, n_sines=2)
 KIT_PROTOCOL = dict(epochs=2, batch_size=32, early_stopping=0, lr_schedule="constant", threads=1, amp="off")
 CAPPED_BUDGETS = (1.0, 1.5)
@@ -117,8 +117,8 @@ def _fail(method: MethodLike, problem: str, fix: str) -> None:
 class KitContext(LocalContext):
     """A LocalContext that records which references a method asks for."""
 
-    def __init__(self, bench: Benchmark, seed: int = 0) -> None:
-        super().__init__(bench, seed=seed)
+    def __init__(self, bench: Benchmark, seed: int = 0, references: Mapping[str, Reference] | None = None) -> None:
+        super().__init__(bench, seed=seed, references=references)
         self.references_asked: list[str] = []
 
     def reference(self, method: str) -> Reference:
@@ -151,11 +151,30 @@ def run_search(
     measured costs) cannot make a second search differ from the first.
     """
     bench = bench() if callable(bench) else bench
-    ctx = KitContext(bench, seed=seed)
+    ctx = KitContext(bench, seed=seed, references=_searched_references(method, bench, budget, seed))
     with _preserved_rng():
         seed_everything(seed)
         result = method.search(bench, Budget(budget), ctx)
     return result, ctx
+
+
+def _searched_references(method: Method, bench: Benchmark, budget: float | None, seed: int) -> dict[str, Reference]:
+    """References to other methods' cells (e.g. a control's source): their searched plans, without weights.
+
+    The roles a LocalContext trains itself (the fixed reference plans) are left to it.
+    """
+    from branchbench.context import REFERENCE_PLANS
+    from branchbench.plugins import get_method_class
+
+    out = {}
+    for role, req in method.requires().items():
+        if role in REFERENCE_PLANS and req.method == role:
+            continue
+        source = get_method_class(req.kind or req.method)(**dict(req.options))
+        result, _ = run_search(source, bench, budget if req.same_budget else None, seed)
+        out[role] = Reference(method=req.method, run_id=None, plan=result.plan, state_dict={}, metrics={},
+                              seconds=0.0, reused=False)
+    return out
 
 
 def _searched_plan(
@@ -416,6 +435,8 @@ def skip_reason(check: Callable[[MethodLike], None], method: MethodLike) -> str 
         return "tagged 'stochastic': different seeds may give different plans"
     if check is check_handles_single_task and "given_plan" in cls.tags:
         return "tagged 'given_plan': its plan is given for one dataset's tasks"
+    if check is check_handles_single_task and "control" in cls.tags:
+        return "tagged 'control': a control of a one-task plan is undefined (nothing to permute)"
     return None
 
 

@@ -291,7 +291,7 @@ def test_reports_and_delta_m_read_dense_main_metrics():
 
 
 # ------------------------------------------------------------ end to end
-@pytest.mark.parametrize("name", [m for m in list_methods() if "given_plan" not in get_method_class(m).tags])
+@pytest.mark.parametrize("name", [m for m in list_methods() if not {"given_plan", "control"} & get_method_class(m).tags])
 def test_every_method_searches_and_retrains_on_dense_tasks(name):
     """Search (as the cell does: seeded, in a LocalContext), retrain the plan, score it and cost it."""
     bench = dense_benchmark(n_train=64, n_val=32, n_test=16, epochs=2, batch_size=32)

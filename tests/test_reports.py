@@ -285,3 +285,56 @@ def test_pareto_error_bars_have_their_methods_colour(runs):
     bars = {to_hex(c.get_color()[0]) for c in ax.collections if isinstance(c, LineCollection)}
     points = {to_hex(color) for c in ax.collections if isinstance(c, PathCollection) for color in c.get_facecolor()}
     assert bars and bars <= points and len(bars) == len(set(toy(runs)["method"]))
+
+def _grouping_runs() -> tuple[pd.DataFrame, dict]:
+    """dmtg at budget 2 over two data seeds x two training seeds; one run infeasible; a permuted control."""
+    same, other = {"a": [0, 0], "b": [0, 1]}, {"a": [0, 0], "b": [1, 1]}
+    rows = [  # run_id, method, control_of, data seed, seed, feasible, recovered, precision, cap, nodes
+        ("d00", "dmtg", "", 0, 0, 1.0, 1.0, 1.0, "true", same),
+        ("d01", "dmtg", "", 0, 1, 1.0, 0.0, 0.5, "false", same),
+        ("d10", "dmtg", "", 1, 0, 0.0, 0.0, 0.0, "false", other),
+        ("d11", "dmtg", "", 1, 1, 1.0, 1.0, 1.0, "false", other),
+        ("p00", "permuted_tree", "dmtg", 0, 0, np.nan, 0.0, 0.0, "false", other),
+    ]
+    frame = pd.DataFrame({
+        "run_id": [r[0] for r in rows], "method": [r[1] for r in rows], "tags.bb.control_of": [r[2] for r in rows],
+        "tags.bb.data_seed": [str(r[3]) for r in rows], "seed": [r[4] for r in rows], "budget": "2",
+        "metrics.grouping.feasible": [r[5] for r in rows], "metrics.grouping.recovered": [r[6] for r in rows],
+        "metrics.grouping.ari.b0": 0.0, "metrics.grouping.precision.b0": [r[7] for r in rows],
+        "metrics.grouping.recall.b0": 1.0, "tags.bb.hit_epoch_cap": [r[8] for r in rows],
+    })
+    plans = {r[0]: {"tasks": ["a", "b"], "blocks": ["b0", "b1"], "nodes": r[9]} for r in rows}
+    return frame, plans
+
+
+def test_grouping_counts_recovery_only_where_feasible_and_stability_within_data_seeds():
+    frame, plans = _grouping_runs()
+    table = tables.grouping(frame, plans)
+    shown = tables.format_grouping(table)
+    dmtg = shown.loc[("dmtg", "2")]
+    assert dmtg["feasible"] == "3/4"
+    assert dmtg["recovered"] == "2/3 (1 infeasible)"  # the infeasible run is not a failure
+    assert dmtg["P/R b0"] == "0.62/1.00"
+    assert dmtg["at epoch cap"] == "1/4"
+    # each data seed's two training seeds learned the same tree; pooled across data seeds they would not (2/3)
+    assert table.loc[("dmtg", "2"), ("stability", "")] == pytest.approx(1.0)
+    control = shown.loc[("permuted_tree (dmtg)", "2")]  # its own row, feasibility not applicable
+    assert control["feasible"] == "–" and control["recovered"] == "0/1" and control["stability"] == "–"
+    all_infeasible = frame.assign(**{"metrics.grouping.feasible": 0.0})
+    assert tables.format_grouping(tables.grouping(all_infeasible, plans)).loc[("dmtg", "2"), "recovered"] == "infeasible"
+
+
+def test_compute_table_shows_steps_flops_reuse_and_epoch_caps():
+    frame = pd.DataFrame({
+        "run_id": ["a", "b", "c"], "method": ["branched_affinity", "branched_affinity", "shared_bottom"],
+        "budget": ["2", "2", "none"], "seed": [0, 1, 0], "tags.bb.data_seed": "0",
+        "metrics.search.steps": [0.0, 0.0, 0.0], "metrics.search.flops": [0.0, 0.0, 0.0],
+        "metrics.train.steps": [100.0, 100.0, 80.0], "metrics.train.flops": [2e9, 2e9, 1e9],
+        "metrics.reused.flops": [8e9, 8e9, 0.0], "metrics.reused.seconds": [30.0, 34.0, 0.0],
+        "tags.bb.hit_epoch_cap": ["true", "false", "false"], "tags.bb.search_hit_epoch_cap": "false",
+    })
+    shown = tables.format_compute(tables.compute(frame))
+    row = shown.loc[("branched_affinity", "2")]
+    assert row["reused (s)"] == "32.00 ± 2.83" and row["reused FLOPs"].startswith("8.00G")
+    assert row["at epoch cap"] == "1/2" and row["search at epoch cap"] == "0/2"
+    assert tables.compute(frame.drop(columns=["metrics.train.steps"])).empty  # older runs: no table

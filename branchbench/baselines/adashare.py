@@ -470,6 +470,19 @@ class AdaShare(Method):
         epochs = p["search_epochs"] or max(1, round(protocol_epochs * p["epoch_factor"]))
         return epochs, min(epochs - 1, int(round(p["warmup_fraction"] * epochs)))
 
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether select-or-skip patterns can tell the true groups apart: at most 2^(skippable blocks) groups.
+
+        Tasks share an activation exactly when they select the same blocks so
+        far, so giving each group its own pattern recovers the grouping at the
+        last block.
+        """
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        skippable = len(bench.backbone.blocks) - (0 if self.params["skip_first_block"] else 1)
+        return len(truth) <= 2**skippable
+
     def search(self, bench: Benchmark, budget: Budget, ctx: RunContext) -> SearchResult:
         del budget  # not budget-aware (DESIGN.md)
         p = self.params

@@ -58,16 +58,20 @@ class SearchResult:
 class Requirement:
     """Another cell that a method's cell needs finished first (same data, training seed, protocol).
 
-    ``method`` is the registered name of the other cell's method and
-    ``options`` its options; ``same_budget`` gives it this cell's budget (else
-    none). The runner orders cells by these requirements, and the method reads
-    the finished run through ``ctx.reference(role)``, where ``role`` is the
-    key under which :meth:`Method.requires` returns it.
+    ``method`` is the other cell's method name (its label in a sweep) and
+    ``kind`` the registered method it is an instance of (default: ``method``),
+    so a requirement can name a labelled variant of a sweep (e.g. ``dmtg_k3``
+    of kind ``dmtg``) and resolve to that very cell; ``options`` are its
+    options; ``same_budget`` gives it this cell's budget (else none). The
+    runner orders cells by these requirements, and the method reads the
+    finished run through ``ctx.reference(role)``, where ``role`` is the key
+    under which :meth:`Method.requires` returns it.
     """
 
     method: str
     options: tuple[tuple[str, Any], ...] = ()
     same_budget: bool = False
+    kind: str | None = None
 
 
 @dataclass
@@ -109,9 +113,15 @@ class Method(Configurable):
     of the old version rerun) and implement :meth:`search`. Tags tell the
     conformance kit which checks apply: ``"search"`` (trains a supernet),
     ``"skips"`` (may return skips), ``"needs_groups"`` (needs data with known
-    groups), ``"needs_reference"`` (asks for the single-task networks),
-    ``"stochastic"`` (plan depends on seed), ``"given_plan"`` (the plan is given by the user
-    for one dataset).
+    groups), ``"needs_reference"`` (asks for the single-task networks, or
+    another cell's run, through ``ctx.reference``), ``"stochastic"`` (plan
+    depends on seed), ``"given_plan"`` (the plan is given by the user for one
+    dataset), ``"control"`` (a control made from another method's plan, e.g.
+    ``permuted_tree``: undefined on a single task).
+
+    ``budget_aware`` is read from the instance, so a method whose budget
+    awareness depends on its options (a control follows its source's) may set
+    it in :meth:`check`.
     """
 
     budget_aware: ClassVar[bool] = False
@@ -156,6 +166,24 @@ class Method(Configurable):
         from branchbench.core.retrain import retrain
 
         return retrain(bench, plan, ctx.trainer("train"), seed, dict(init_state))
+
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether the true task grouping of ``bench`` lies in this method's search space at ``budget``.
+
+        ``None``: not applicable (no known grouping, or a method without a
+        search space, e.g. a fixed baseline or a control). The cell logs it as
+        ``grouping.feasible`` (1/0), and reports count recovery only where it
+        is 1. Cheap: it sizes the search space, it never searches.
+        """
+        return None
+
+    def control_of(self) -> str | None:
+        """For a control (e.g. ``permuted_tree``): the name of the method whose plans it is made from.
+
+        The cell tags its run ``bb.control_of`` with it, so reports pair each
+        method with its own control.
+        """
+        return None
 
     def check_cell(self, protocol: TrainingProtocol, task_names: list[str]) -> None:
         """Refuse, while the cell is resolved, options that cannot work with this protocol or data.

@@ -17,6 +17,7 @@ with l_t = 1 when a lower value of the metric is better.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -96,10 +97,14 @@ def delta_m(
 
 
 def grouping_scores(plan: Plan, truth: Sequence[frozenset[str]]) -> dict[str, float]:
-    """Per block: the adjusted Rand index of the plan's partition against the truth.
+    """Per block: the adjusted Rand index of the plan's partition against the truth, and co-sharing.
 
     ``recovered`` is 1.0 when some block's partition equals the true grouping and
-    every deeper block's partition refines it (DESIGN.md).
+    every deeper block's partition refines it (DESIGN.md). ``precision.<block>``
+    and ``recall.<block>`` score the pairs of tasks that share the block's
+    activation against the pairs in one true group (:func:`co_sharing`): low
+    precision means groups merged, low recall groups fragmented; each is left
+    out where it is undefined (no pair shares, or no true group has two tasks).
     """
     truth_label = {task: i for i, group in enumerate(truth) for task in group}
     order = list(plan.tasks)
@@ -111,6 +116,11 @@ def grouping_scores(plan: Plan, truth: Sequence[frozenset[str]]) -> dict[str, fl
         partition = plan.partition(level)
         label = {task: i for i, group in enumerate(partition) for task in group}
         out[f"ari.{block}"] = float(adjusted_rand_score(y_true, [label[t] for t in order]))
+        precision, recall = co_sharing(partition, truth)
+        if precision is not None:
+            out[f"precision.{block}"] = precision
+        if recall is not None:
+            out[f"recall.{block}"] = recall
         if recovered_at is None and set(partition) == truth_set:
             deeper_refine = all(
                 _refines(plan.partition(deeper), truth_set) for deeper in range(level, plan.n_blocks)
@@ -120,6 +130,40 @@ def grouping_scores(plan: Plan, truth: Sequence[frozenset[str]]) -> dict[str, fl
     out["recovered"] = 1.0 if recovered_at is not None else 0.0
     out["recovered_block"] = float(recovered_at) if recovered_at is not None else -1.0
     return out
+
+
+def min_recovery_params(block_params: Sequence[int], n_groups: int) -> int:
+    """The fewest backbone parameters of a tree plan that recovers a grouping of ``n_groups`` groups.
+
+    A tree recovers a grouping at block ``d`` with at least ``n_groups`` nodes at
+    every block from ``d`` on, so the cheapest one shares every block but the
+    last and splits into the groups there (used by methods' feasibility).
+    """
+    return int(sum(block_params[:-1]) + n_groups * block_params[-1])
+
+
+def _pairs(partition: Sequence[frozenset[str]]) -> set[frozenset[str]]:
+    return {frozenset(pair) for group in partition for pair in itertools.combinations(sorted(group), 2)}
+
+
+def co_sharing(partition: Sequence[frozenset[str]], truth: Sequence[frozenset[str]]) -> tuple[float | None, float | None]:
+    """Pairwise co-sharing (precision, recall) of ``partition`` against the true groups.
+
+    A pair of tasks is predicted when it shares a group of ``partition`` and
+    true when it shares a true group. Precision: the predicted pairs that are
+    true (merging true groups lowers it); recall: the true pairs that are
+    predicted (fragmenting a true group lowers it). None where undefined.
+
+    >>> co_sharing([frozenset("abcd")], [frozenset("ab"), frozenset("cd")])
+    (0.3333333333333333, 1.0)
+    >>> co_sharing([frozenset("a"), frozenset("b"), frozenset("cd")], [frozenset("ab"), frozenset("cd")])
+    (1.0, 0.5)
+    """
+    predicted, true = _pairs(partition), _pairs(truth)
+    hits = len(predicted & true)
+    precision = hits / len(predicted) if predicted else None
+    recall = hits / len(true) if true else None
+    return precision, recall
 
 
 def _refines(partition: Sequence[frozenset[str]], coarse: set[frozenset[str]]) -> bool:

@@ -1,4 +1,10 @@
-"""Retraining a plan and scoring it: the same code for every method's found architecture."""
+"""Retraining a plan and scoring it: the same code for every method's found architecture.
+
+A plan whose tasks share no weights (independent networks) is selected per
+task: each task keeps the weights of its own best validation epoch, as
+separate single-task training would (:func:`task_owned_keys`), so the
+``independent`` row and the Δm reference are real single-task baselines.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +44,25 @@ def build_net(bench: Benchmark, plan: Plan, seed: int, device: torch.device | st
     return BranchedNet(plan, bench.backbone, bench.tasks, device=device)
 
 
+def task_owned_keys(net: BranchedNet, plan: Plan) -> dict[str, list[str]] | None:
+    """Task -> the ``state_dict`` keys of its own blocks and head, when no two tasks share a weight.
+
+    None when some tasks share a block (or a skip's shortcut): such a network
+    is selected as a whole on the total validation loss.
+    """
+    if plan.has_skips:
+        return None
+    for level in range(plan.n_blocks):
+        if len(plan.nodes_used(level)) < len(plan.tasks):
+            return None
+    keys = list(net.state_dict())
+    owned = {}
+    for task in plan.tasks:
+        prefixes = [f"blocks.{level}.{node}." for level, node in enumerate(plan.nodes[task])] + [f"heads.{task}."]
+        owned[task] = [k for k in keys if k.startswith(tuple(prefixes))]
+    return owned
+
+
 def evaluate_net(trainer: Trainer, net: torch.nn.Module, bench: Benchmark, splits=("val", "test")) -> dict[str, float]:
     """``"<split>.<task>.<metric>"`` for each split, streamed batch by batch (:meth:`Trainer.evaluate`)."""
     out: dict[str, float] = {}
@@ -54,7 +79,10 @@ def retrain(
     seed: int,
     init_state: dict[str, torch.Tensor] | None = None,
 ) -> Retrained:
-    """Train ``plan`` from scratch (or from ``init_state``), select on val, score val and test."""
+    """Train ``plan`` from scratch (or from ``init_state``), select on val, score val and test.
+
+    Selection is per task where the tasks share no weights (:func:`task_owned_keys`).
+    """
     net = build_net(bench, plan, seed, trainer.device)
     if init_state is not None:
         missing, unexpected = net.load_state_dict(init_state, strict=False)
@@ -64,5 +92,5 @@ def retrain(
                 "the search result's init_state must use BranchedNet's state_dict layout"
             )
         del unexpected
-    fit = trainer.fit(net, bench)
+    fit = trainer.fit(net, bench, per_task=task_owned_keys(net, plan))
     return Retrained(net=net, fit=fit, metrics=evaluate_net(trainer, net, bench))

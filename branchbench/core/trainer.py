@@ -20,6 +20,21 @@ early stopping on the validation loss (the best-val weights are kept; test is
 never looked at), checkpoints after every epoch so a resumed run ends exactly
 like an uninterrupted one, NaN/divergence detection that fails the run with its
 reason, and an optional time limit.
+
+Networks whose tasks share no weights (independent networks) can be selected
+*per task* (``per_task``): each task keeps the weights of its own best
+validation epoch, as separate single-task training would, and training stops
+when every task has stopped improving.
+
+Compute: a fit counts its optimiser steps and the samples they saw per phase
+(``"weights"`` and each extra optimiser), and measures the training FLOPs per
+sample of each phase once, on its first step (forward and backward, counted by
+:class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix
+multiplications and convolutions; optimiser updates are not counted). A
+phase's FLOPs are that count times the samples it trained on, i.e. the first
+step's FLOPs times the steps when batches are full; steps whose cost differs
+from the first one's (a curriculum, a warm-up that runs other blocks) are
+counted at the first one's.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from typing import Protocol as TypingProtocol
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from branchbench.core import streaming
 from branchbench.core.benchmark import Benchmark, Split, TrainingProtocol
@@ -137,12 +153,94 @@ class FitState:
 
 @dataclass
 class FitResult:
+    """A fit's record. ``best_epoch``: the epoch whose weights the model holds (per-task selection: the
+    latest of the tasks' own best epochs, each in ``task_best_epochs``). ``steps`` / ``samples`` /
+    ``flops_per_sample``: per phase (``"weights"`` and each extra optimiser's name)."""
+
     epochs_run: int
     best_epoch: int
     best_val_loss: float
     seconds: float
     stopped: str  # "completed", "early_stopping", "time_limit", "hook"
     history: list[dict[str, float]] = field(default_factory=list)
+    task_best_epochs: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+    flops_per_sample: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of every phase."""
+        return sum(self.steps.values())
+
+    @property
+    def flops(self) -> float:
+        """Training FLOPs (forward and backward) of every phase; NaN where a phase could not be measured."""
+        return float(sum(self.flops_per_sample.get(phase, math.nan) * n for phase, n in self.samples.items() if n))
+
+    @property
+    def still_improving(self) -> bool:
+        """Whether the selected epoch is the last one run: training ended while validation still improved."""
+        return self.epochs_run > 0 and self.best_epoch == self.epochs_run - 1
+
+
+@dataclass
+class Compute:
+    """Steps, samples and measured FLOPs per sample of each phase of a fit (see the module docstring)."""
+
+    steps: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+    flops_per_sample: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": dict(self.steps), "samples": dict(self.samples), "flops_per_sample": dict(self.flops_per_sample)}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        for key, value in (state or {}).items():
+            setattr(self, key, dict(value))
+
+
+class TaskSelection:
+    """Per-task selection of networks whose tasks share no weights (see the module docstring).
+
+    ``keys`` maps each task to the ``state_dict`` keys only it uses. Each task
+    keeps those entries from the epoch of its lowest validation loss
+    (``val_loss.<task>``), and counts its own epochs without improvement.
+    """
+
+    def __init__(self, keys: Mapping[str, Sequence[str]]) -> None:
+        self.keys = {task: list(k) for task, k in keys.items()}
+        self.owned = {k for task_keys in self.keys.values() for k in task_keys}
+        self.best = {task: math.inf for task in self.keys}
+        self.best_epoch = {task: -1 for task in self.keys}
+        self.bad = {task: 0 for task in self.keys}
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+
+    def update(self, model: nn.Module, epoch: int, val_tasks: Mapping[str, float]) -> None:
+        state = model.state_dict()
+        for task, keys in self.keys.items():
+            if val_tasks[task] < self.best[task] - 1e-12:
+                self.best[task], self.best_epoch[task], self.bad[task] = val_tasks[task], epoch, 0
+                self.states[task] = {k: state[k].detach().clone() for k in keys}
+            else:
+                self.bad[task] += 1
+
+    def exhausted(self, patience: int) -> bool:
+        """Every task has gone ``patience`` epochs without improving."""
+        return min(self.bad.values()) >= patience
+
+    def apply(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        for task_state in self.states.values():
+            state.update(task_state)
+        model.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "states": self.states}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = dict(state["best"]), dict(state["best_epoch"])
+        self.bad, self.states = dict(state["bad"]), dict(state["states"])
 
 
 def resolve_amp(amp: str, device: torch.device) -> bool:
@@ -169,8 +267,10 @@ class Trainer:
         checkpointer: Checkpointer | None = None,
         progress: Callable[[int, str], Any] | None = None,
         prefix: str = "",
+        on_fit_end: Callable[[FitResult], None] | None = None,
     ) -> None:
         self.protocol = protocol
+        self.on_fit_end = on_fit_end  # sees every fit's record (the cell's compute accounting)
         self.device = torch.device(device)
         self.seed = seed
         self.log = log
@@ -275,10 +375,13 @@ class Trainer:
         extra: Sequence[ExtraOptimizer] = (),
         holdout_fraction: float = 0.0,
         early_stopping: bool = True,
+        per_task: Mapping[str, Sequence[str]] | None = None,
     ) -> FitResult:
         """Train ``model`` on the train split, select on val; returns the fit's record.
 
-        At the end the model holds the weights of its best validation epoch.
+        At the end the model holds the weights of its best validation epoch;
+        with ``per_task`` (task -> the ``state_dict`` keys only it uses), each
+        task's own weights are those of its own best epoch (:class:`TaskSelection`).
         """
         p = self.protocol
         start_time = time.perf_counter()
@@ -312,6 +415,9 @@ class Trainer:
         fit = FitState(model=model, epochs=p.epochs, steps_per_epoch=steps_per_epoch)
         best_val, best_epoch, bad_epochs = math.inf, -1, 0
         best_state: dict[str, torch.Tensor] | None = None
+        selection = TaskSelection(per_task) if per_task is not None and early_stopping else None
+        kept = (lambda k: k not in selection.owned) if selection is not None else (lambda k: True)
+        compute = Compute()
         history: list[dict[str, float]] = []
         reference_loss: float | None = None
         elapsed_before = 0.0
@@ -334,6 +440,9 @@ class Trainer:
             best_state, history = saved["best_state"], saved["history"]
             reference_loss, elapsed_before = saved["reference_loss"], saved["elapsed"]
             stopped = saved.get("stopped", "completed")
+            compute.load_state_dict(saved.get("compute"))
+            if selection is not None and saved.get("selection") is not None:
+                selection.load_state_dict(saved["selection"])
         else:
             for hook in hooks:
                 hook.on_fit_start(fit)
@@ -356,7 +465,7 @@ class Trainer:
             for x, y in self._batches(weight_split(fit.epoch), fit.epoch, salt=0, targets=bench.target_transform):
                 for hook in hooks:
                     hook.on_step_start(fit, "weights")
-                loss = self._step(model, bench, x, y, loss_fn, optimizer, channels_last)
+                loss = self._counted_step(compute, "weights", model, bench, x, y, loss_fn, optimizer, channels_last)
                 schedule.step()
                 self._check_finite(loss, fit)
                 total, count = total + loss, count + 1
@@ -367,7 +476,8 @@ class Trainer:
                         xb, yb = next(extra_iters[e.name])
                         for hook in hooks:
                             hook.on_step_start(fit, e.name)
-                        extra_loss = self._step(model, bench, xb, yb, e.loss_fn or loss_fn, opt, channels_last)
+                        extra_loss = self._counted_step(compute, e.name, model, bench, xb, yb, e.loss_fn or loss_fn,
+                                                        opt, channels_last)
                         self._check_finite(extra_loss, fit, e.name)
                         for hook in hooks:
                             hook.on_step_end(fit, e.name, extra_loss)
@@ -395,13 +505,16 @@ class Trainer:
 
             if val_loss < best_val - 1e-12:
                 best_val, best_epoch, bad_epochs = val_loss, fit.epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if kept(k)}
             else:
                 bad_epochs += 1
+            if selection is not None:
+                selection.update(model, fit.epoch, val_tasks)
             fit.epoch += 1
             if bar is not None:
                 bar.update(1)
-            if early_stopping and p.early_stopping and bad_epochs >= p.early_stopping:
+            exhausted = selection.exhausted(p.early_stopping) if selection is not None else bad_epochs >= p.early_stopping
+            if early_stopping and p.early_stopping and exhausted:
                 stopped = "early_stopping"
             elif p.max_seconds is not None and elapsed_before + time.perf_counter() - start_time > p.max_seconds:
                 stopped = "time_limit"
@@ -427,20 +540,36 @@ class Trainer:
                         "reference_loss": reference_loss,
                         "elapsed": elapsed_before + time.perf_counter() - start_time,
                         "stopped": stopped,
+                        "compute": compute.state_dict(),
+                        "selection": selection.state_dict() if selection is not None else None,
                     }
                 )
         if bar is not None:
             bar.close()
         if early_stopping and best_state is not None:
-            model.load_state_dict(best_state)
-        return FitResult(
+            model.load_state_dict(best_state, strict=selection is None)
+        task_best_epochs: dict[str, int] = {}
+        if selection is not None:
+            selection.apply(model)
+            task_best_epochs = dict(selection.best_epoch)
+            best_epoch = max(task_best_epochs.values())
+            weights = {t.name: t.loss_weight for t in bench.tasks}
+            best_val = sum(weights.get(t, 1.0) * v for t, v in selection.best.items())
+        result = FitResult(
             epochs_run=fit.epoch,
             best_epoch=best_epoch,
             best_val_loss=best_val,
             seconds=elapsed_before + time.perf_counter() - start_time,
             stopped=stopped,
             history=history,
+            task_best_epochs=task_best_epochs,
+            steps=dict(compute.steps),
+            samples=dict(compute.samples),
+            flops_per_sample=dict(compute.flops_per_sample),
         )
+        if self.on_fit_end is not None:
+            self.on_fit_end(result)
+        return result
 
     def _cycle(self, split: Split | StreamSplit, epoch: int, salt: int,
                targets: streaming.Targets | None = None) -> Iterator[tuple]:
@@ -448,6 +577,32 @@ class Trainer:
         while True:
             yield from self._batches(split, epoch * 1000 + rounds, salt=salt, targets=targets)
             rounds += 1
+
+    def _counted_step(self, compute: Compute, phase: str, model, bench, x, y, loss_fn, optimizer,
+                      channels_last) -> float:
+        """One step of ``phase``, counted; its first step also measures the FLOPs per sample.
+
+        Counting never changes the step: where the counter cannot run (an op it
+        does not support), the random state is restored, the step runs plainly
+        and the phase's FLOPs are NaN.
+        """
+        compute.steps[phase] = compute.steps.get(phase, 0) + 1
+        compute.samples[phase] = compute.samples.get(phase, 0) + int(x.shape[0])
+        if phase in compute.flops_per_sample:
+            return self._step(model, bench, x, y, loss_fn, optimizer, channels_last)
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            with FlopCounterMode(display=False) as counter:
+                loss = self._step(model, bench, x, y, loss_fn, optimizer, channels_last)
+        except Exception:  # noqa: BLE001 - the counter failed, not the step: rerun it uncounted
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            compute.flops_per_sample[phase] = math.nan
+            return self._step(model, bench, x, y, loss_fn, optimizer, channels_last)
+        compute.flops_per_sample[phase] = counter.get_total_flops() / max(1, int(x.shape[0]))
+        return loss
 
     def _step(self, model, bench, x, y, loss_fn, optimizer, channels_last) -> float:
         optimizer.zero_grad(set_to_none=True)

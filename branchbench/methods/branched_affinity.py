@@ -138,6 +138,7 @@ from branchbench.core.backbones import Backbone
 from branchbench.core.benchmark import Benchmark
 from branchbench.core.budget import Budget
 from branchbench.core.method import Method, Option, RunContext, SearchResult
+from branchbench.core.metrics import min_recovery_params
 from branchbench.core.net import BranchedNet
 from branchbench.core.options import Space
 from branchbench.core.plan import Plan
@@ -333,6 +334,14 @@ class BranchedAffinity(Method):
         if self.params["branch_points"] == "stages":
             return stage_ends(backbone)
         return list(range(len(backbone.blocks)))
+
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether the budget filter admits a tree that recovers the true grouping (the cheapest one fits)."""
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        ratio = budget.ratio if budget.capped else self.params["default_budget"]
+        return min_recovery_params(bench.backbone.block_params, len(truth)) <= Budget(ratio).cap(bench.backbone)
 
     @staticmethod
     def _true_tree(bench: Benchmark, params: list[int], cap: float) -> tuple[Chain, int] | None:

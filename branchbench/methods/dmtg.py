@@ -397,6 +397,16 @@ class DMTG(Method):
             "one group at a time, stem frozen, losses unweighted)", choices=("joint", "per_group")),
     }
 
+    def feasible(self, bench: Benchmark, budget: Budget) -> bool | None:
+        """Whether K branches after the stem can hold the true groups: at most K of them."""
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        try:
+            return len(truth) <= self._groups(bench, budget)
+        except ValueError:  # BudgetError included: no K fits, so no grouping does
+            return False
+
     def _groups(self, bench: Benchmark, budget: Budget) -> int:
         backbone = bench.backbone
         s = self.params["shared_blocks"]

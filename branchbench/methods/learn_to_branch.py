@@ -745,6 +745,17 @@ class LearnToBranch(Method):
             )
         return given
 
+    def feasible(self, bench, budget) -> bool | None:
+        """Whether the supernet's widths at ``budget`` can return a tree that recovers the true grouping."""
+        truth = bench.true_partition()
+        if truth is None:
+            return None
+        try:
+            widths = self.widths_for(bench, budget)
+        except BudgetError:
+            return False
+        return bool(grouping_depths(widths, truth, self.params["leaves"]))
+
     def search_epochs(self, protocol) -> int:
         """Epochs of the search: ``epochs``, else ``epoch_factor`` x the protocol's."""
         return self.params["epochs"] or max(1, round(protocol.epochs * self.params["epoch_factor"]))

@@ -93,6 +93,10 @@ def dataset_report(
     if report.published_vs_ours is not None and report.published_vs_ours.figures:
         numbers = report.published_vs_ours.table
         report.tables["published"] = (numbers, published.format_table(numbers))
+
+    compute = tables.compute(runs)
+    if not compute.empty:
+        report.tables["compute"] = (compute, tables.format_compute(compute))
     gains = tables.task_gains(runs)
     if with_figures and not summary.empty:
         for name, label in figures.COST_AXES.items():
@@ -121,14 +125,16 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
     else:
         parts += [tables.paired_header(numbers), "", to_markdown(paired), ""]
     if "grouping" in report.tables:
-        parts += ["## Grouping recovery (known task groups)", "",
-                  "ARI of each block's partition of tasks against the truth; recovered: seeds whose plan",
-                  "recovers the grouping; stability: mean pairwise ARI of the seeds' partitions.", "",
+        parts += ["## Grouping recovery (known task groups)", "", tables.grouping_header(), "",
                   to_markdown(report.tables["grouping"][1]), ""]
     if report.published_vs_ours is not None:
         shown = report.tables.get("published")
         parts += published.markdown(report.published_vs_ours, to_markdown(shown[1]) if shown else None)
     parts += tuning.section(runs)
+
+    if "compute" in report.tables:
+        parts += ["## Compute and convergence", "", tables.compute_header(), "",
+                  to_markdown(report.tables["compute"][1]), ""]
     parts += ["## Hyper-parameters", ""]
     for method, options in tables.hyperparameters(runs).items():
         text = ", ".join(f"{k}={v}" for k, v in options.items()) or "(no options)"

@@ -487,44 +487,96 @@ def _p(value: float) -> str:
 
 
 # --------------------------------------------------------------- grouping
-def grouping(runs: pd.DataFrame, plans: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
-    """Grouping recovery per (method, budget): ARI per block, recovery rate, stability.
+FEASIBLE = "metrics.grouping.feasible"
+RECOVERED = "metrics.grouping.recovered"
+HIT_EPOCH_CAP_TAG = "tags.bb.hit_epoch_cap"
 
-    ``plans`` maps run id -> ``plan.json`` dict. Stability is the mean over
-    blocks of the mean pairwise ARI between the seeds' partitions of tasks at
-    that block (1 = every seed learned the same tree); NaN below two seeds.
+
+def grouping(runs: pd.DataFrame, plans: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Grouping recovery per (method, budget): ARI and co-sharing per block, feasibility, recovery, stability.
+
+    Rows are :func:`_keyed` labels (a control made from a method's plans is its
+    own row). Per block: ARI, and pairwise co-sharing precision and recall
+    (``P/R <block>``: low precision = true groups merged, low recall = true
+    groups fragmented) where the runs logged them. ``feasible``: runs whose
+    method's search space holds the true grouping at this budget
+    (``grouping.feasible``; NaN where the method does not say). ``recovered``
+    counts only feasible runs (where a run states its feasibility), so an
+    infeasible cell is marked, not counted as a failure. ``stability``: within
+    each data seed, the mean over blocks of the mean pairwise ARI between the
+    training seeds' partitions of tasks (1 = every seed learned the same tree),
+    averaged over the data seeds with two or more runs; NaN without such a data
+    seed. ``at epoch cap``: runs tagged ``bb.hit_epoch_cap`` (their retrain's
+    best validation epoch was its last). ``plans`` maps run id -> ``plan.json``.
     Empty when the runs carry no grouping scores (data without known groups).
     """
-    ari = sorted((c for c in runs.columns if c.startswith("metrics.grouping.ari.")),
-                 key=lambda c: _natural(c[len("metrics.grouping.ari."):]))
-    # a store shared with data that has groups gives these columns to every run: keep filled ones
-    ari = [c for c in ari if runs[c].notna().any()]
-    if not ari or "metrics.grouping.recovered" not in runs or runs["metrics.grouping.recovered"].isna().all():
+    ari = _block_columns(runs, "ari")
+    if not ari or RECOVERED not in runs or runs[RECOVERED].isna().all():
         return pd.DataFrame()
-    values = pd.DataFrame({"method": runs["method"], "budget": runs["budget"]})
-    for column in ari:
-        values[f"ARI {column[len('metrics.grouping.ari.'):]}"] = runs[column]
-    table = _aggregate(values, ["method", "budget"])
-    recovered = runs.groupby(["method", "budget"], sort=False)["metrics.grouping.recovered"]
-    table[("recovered", "")] = recovered.sum().astype(int)
+    runs = _keyed(runs)
+    keys = ["method", "budget"]
+    values = pd.DataFrame({"method": runs["label"], "budget": runs["budget"]})
+    for block, column in ari.items():
+        values[f"ARI {block}"] = runs[column]
+    for score in ("precision", "recall"):
+        for block, column in _block_columns(runs, score).items():
+            values[f"{score} {block}"] = runs[column]
+    table = _aggregate(values, keys)
+    frame = runs.assign(method=runs["label"])
+    feasible = frame[FEASIBLE] if FEASIBLE in frame else pd.Series(np.nan, index=frame.index)
+    counted = feasible.isna() | (feasible == 1)
+    grouped = frame.assign(_feasible=feasible, _counted=counted,
+                           _recovered=frame[RECOVERED].where(counted).fillna(0),
+                           _cap=_tag_true(frame, HIT_EPOCH_CAP_TAG)).groupby(keys, sort=False)
+    table[("feasible", "")] = grouped["_feasible"].sum(min_count=1)
+    table[("feasible known", "")] = grouped["_feasible"].count()
+    table[("counted", "")] = grouped["_counted"].sum().astype(int)
+    table[("recovered", "")] = grouped["_recovered"].sum().astype(int)
+    table[("at epoch cap", "")] = grouped["_cap"].sum(min_count=1)
+    table[("cap known", "")] = grouped["_cap"].count()
     table[("stability", "")] = [
-        _stability([plans[r] for r in group["run_id"] if r in plans]) if plans else float("nan")
-        for _, group in runs.groupby(["method", "budget"], sort=False)
+        _stability(_plans_by_data_seed(group, plans)) if plans else float("nan") for _, group in grouped
     ]
     return table
 
 
-def _stability(plans: list[Mapping[str, Any]]) -> float:
-    if len(plans) < 2:
-        return float("nan")
-    tasks = list(plans[0]["tasks"])
-    n_blocks = len(plans[0]["blocks"])
-    per_block = []
-    for level in range(n_blocks):
-        labels = [[str(p["nodes"][t][: level + 1]) for t in tasks] for p in plans]
-        scores = [_ari(a, b) for a, b in itertools.combinations(labels, 2)]
-        per_block.append(float(np.mean(scores)))
-    return float(np.mean(per_block))
+def _block_columns(runs: pd.DataFrame, score: str) -> dict[str, str]:
+    """block -> the filled ``metrics.grouping.<score>.<block>`` column, in block order."""
+    prefix = f"metrics.grouping.{score}."
+    # a store shared with data that has groups gives these columns to every run: keep filled ones
+    columns = [c for c in runs.columns if c.startswith(prefix) and runs[c].notna().any()]
+    return {c[len(prefix):]: c for c in sorted(columns, key=lambda c: _natural(c[len(prefix):]))}
+
+
+def _tag_true(runs: pd.DataFrame, tag: str) -> pd.Series:
+    """1.0 / 0.0 where a ``true``/``false`` tag is set, NaN where it is missing (older runs)."""
+    if tag not in runs:
+        return pd.Series(np.nan, index=runs.index)
+    return runs[tag].map({"true": 1.0, "false": 0.0})
+
+
+def _plans_by_data_seed(group: pd.DataFrame, plans: Mapping[str, Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    return [[plans[r] for r in part["run_id"] if r in plans] for _, part in group.groupby("data_seed", sort=True)]
+
+
+def _stability(plans_by_data_seed: list[list[Mapping[str, Any]]]) -> float:
+    """Mean over data seeds (with two or more plans) of the training seeds' agreement on that data seed.
+
+    Agreement: the mean over blocks of the mean pairwise ARI between the plans'
+    partitions of tasks at that block. Seeds of different data are never
+    compared: their data (and, with a data seed, their true groups) differ.
+    """
+    per_data_seed = []
+    for plans in plans_by_data_seed:
+        if len(plans) < 2:
+            continue
+        tasks = list(plans[0]["tasks"])
+        per_block = []
+        for level in range(len(plans[0]["blocks"])):
+            labels = [[str(p["nodes"][t][: level + 1]) for t in tasks] for p in plans]
+            per_block.append(float(np.mean([_ari(a, b) for a, b in itertools.combinations(labels, 2)])))
+        per_data_seed.append(float(np.mean(per_block)))
+    return float(np.mean(per_data_seed)) if per_data_seed else float("nan")
 
 
 def _ari(a: list[str], b: list[str]) -> float:
@@ -537,11 +589,107 @@ def _ari(a: list[str], b: list[str]) -> float:
 def format_grouping(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=table.index)
     out["n"] = table[("n", "")].astype(int)
-    for quantity in dict.fromkeys(q for q, _ in table.columns if q.startswith("ARI ")):
+    out["feasible"] = [_count(f, k) for f, k in zip(table[("feasible", "")], table[("feasible known", "")], strict=True)]
+    quantities = list(dict.fromkeys(q for q, _ in table.columns))
+    for quantity in (q for q in quantities if q.startswith("ARI ")):
         out[quantity] = [_pm(m, s, "2f") for m, s in zip(table[(quantity, "mean")], table[(quantity, "std")], strict=True)]
-    out["recovered"] = [f"{r}/{n}" for r, n in zip(table[("recovered", "")], out["n"], strict=True)]
+    for block in (q[len("precision "):] for q in quantities if q.startswith("precision ")):
+        recall = table[(f"recall {block}", "mean")] if (f"recall {block}", "mean") in table else np.nan
+        out[f"P/R {block}"] = [f"{_number(p, '{:.2f}')}/{_number(r, '{:.2f}')}"
+                               for p, r in zip(table[(f"precision {block}", "mean")], recall, strict=True)]
+    out["recovered"] = [_recovered(r, c, n) for r, c, n in
+                        zip(table[("recovered", "")], table[("counted", "")], out["n"], strict=True)]
     out["stability"] = ["–" if math.isnan(s) else f"{s:.2f}" for s in table[("stability", "")]]
+    out["at epoch cap"] = [_count(c, k) for c, k in zip(table[("at epoch cap", "")], table[("cap known", "")], strict=True)]
     return out
+
+
+def grouping_header() -> str:
+    """The lines above the grouping table."""
+    return (
+        "ARI of each block's partition of tasks against the truth; P/R: pairwise co-sharing precision / recall "
+        "at that block (mean over runs; low precision = true groups merged, low recall = true groups "
+        "fragmented). feasible: runs whose method's search space holds the true grouping at this budget "
+        "(– where the method does not say); recovered: feasible runs whose plan recovers the grouping, "
+        "over the feasible runs (an infeasible run is not counted as a failure); stability: mean pairwise ARI "
+        "of the training seeds' partitions, within each data seed; at epoch cap: runs whose retrain's best "
+        "validation epoch was its last (still improving when training ended)."
+    )
+
+
+def _count(count: float, known: float) -> str:
+    return "–" if not known or math.isnan(count) else f"{int(count)}/{int(known)}"
+
+
+def _recovered(recovered: int, counted: int, n: int) -> str:
+    if counted == 0:
+        return "infeasible"
+    return f"{recovered}/{counted}" + (f" ({n - counted} infeasible)" if counted < n else "")
+
+
+# ------------------------------------------------------------ compute
+COMPUTE: dict[str, str] = {
+    "search steps": "metrics.search.steps",
+    "search FLOPs": "metrics.search.flops",
+    "retrain steps": "metrics.train.steps",
+    "retrain FLOPs": "metrics.train.flops",
+    "search (s)": "metrics.search_seconds",
+    "retrain (s)": "metrics.train_seconds",
+    "reused FLOPs": "metrics.reused.flops",
+    "reused (s)": "metrics.reused.seconds",
+}
+
+
+def compute(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, budget): training compute and convergence (mean and std over runs).
+
+    Search and retrain steps and training FLOPs (forward and backward, measured
+    on each phase's first step), wall seconds, and the cost of other cells a
+    method's search reads (``reused``: e.g. the single-task networks of
+    branched_affinity, a control's source), charged in their own columns.
+    ``at epoch cap`` / ``search at epoch cap``: runs whose retrain's (search
+    supernet's) best validation epoch was its last. Empty for runs that logged
+    no compute (older runs).
+    """
+    present = {label: column for label, column in COMPUTE.items() if column in runs and runs[column].notna().any()}
+    if "metrics.train.steps" not in present.values():
+        return pd.DataFrame()
+    runs = _keyed(runs)
+    values = pd.DataFrame({"method": runs["label"], "budget": runs["budget"]})
+    for label, column in present.items():
+        values[label] = runs[column]
+    table = _aggregate(values, ["method", "budget"])
+    grouped = runs.assign(method=runs["label"], _cap=_tag_true(runs, HIT_EPOCH_CAP_TAG),
+                          _search_cap=_tag_true(runs, "tags.bb.search_hit_epoch_cap")).groupby(
+        ["method", "budget"], sort=False)
+    for name, column in (("at epoch cap", "_cap"), ("search at epoch cap", "_search_cap")):
+        table[(name, "")] = grouped[column].sum(min_count=1)
+        table[(f"{name} known", "")] = grouped[column].count()
+    return table
+
+
+def format_compute(table: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=table.index)
+    out["n"] = table[("n", "")].astype(int)
+    for label in (q for q in dict.fromkeys(q for q, _ in table.columns) if q in COMPUTE):
+        style = "2f" if label.endswith("(s)") else "si"
+        out[label] = [_pm(m, s, style) for m, s in zip(table[(label, "mean")], table[(label, "std")], strict=True)]
+    for name in ("at epoch cap", "search at epoch cap"):
+        out[name] = [_count(c, k) for c, k in zip(table[(name, "")], table[(f"{name} known", "")], strict=True)]
+    return out
+
+
+def compute_header() -> str:
+    return (
+        "Training compute per run, mean ± std: optimiser steps and training FLOPs (forward and backward; "
+        "torch's FLOP counter on each phase's first step, times the samples trained on) of the search and of "
+        "the retrain, wall seconds, and the cost of the other cells a method's search reads (reused: whole "
+        "runs, e.g. the single-task networks branched_affinity measures affinity on, or a control's source), "
+        "charged separately. at epoch cap: runs whose retrain's best validation epoch was its last (still "
+        "improving at the end); search at epoch cap: the same for the search's supernet. The independent "
+        "networks (the Δm reference) keep each task's own best validation epoch, as separate single-task "
+        "training would."
+    )
 
 
 # -------------------------------------------------------------- per task
