@@ -38,6 +38,8 @@ from branchbench.locks import ClaimRecord, FileLock, StoreClaim, holding, locked
 
 # MLflow's artifact progress bars would interleave with ours on every reference load
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# with a tracking server MLflow prints two "View run" lines per ended run; the sweep prints its own line per cell
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_EXPERIMENT = "branchbench"
 DB_NAME = "mlruns.db"
