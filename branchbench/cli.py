@@ -344,7 +344,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         tracking = Tracking(args.tracking_uri, _experiment(args, cfg), settings.checkpoint_dir)
         if pool is None:
-            dry_run(cfg, tracking, args.retry_failed, workers=settings.workers or 1, cells=cells)
+            from branchbench.executors import gpu_count, local_devices
+
+            workers = settings.workers or (len(local_devices(args.device, gpu_count())) if settings.kind == "local"
+                                           else 1)
+            dry_run(cfg, tracking, args.retry_failed, workers=workers, cells=cells)
             return 0
         prepare_data(cells)
         result = run_sweep(cfg, tracking, executor=pool, retry_failed=args.retry_failed, device=args.device,

@@ -95,14 +95,15 @@ def serve(backend: str | None, artifacts: str | None, port: int = 5000, host: st
         print(f"warning: the server listens on {host}: anyone who can reach this machine can read and change "
               "the runs (MLflow has no login by default); keep it inside a trusted network", file=sys.stderr,
               flush=True)
-    if sqlite_path(uri) is not None:
-        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
-        local = local_experiments(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        local = local_experiments(uri) if db.exists() else []
         if local:
             print(f"warning: experiment(s) {local} of {uri} keep artifacts in a local folder, so runs logged to "
                   "them from other machines cannot store artifacts; sweep into a new --experiment",
                   file=sys.stderr, flush=True)
-    server = TrackingServer(uri, destination, port, host, workers or (1 if sqlite_path(uri) else 4),
+    server = TrackingServer(uri, destination, port, host, workers or (1 if db is not None else 4),
                             allowed_hosts, cors_origins)
     try:
         server.start()

@@ -14,7 +14,9 @@ Tags written by branchbench are prefixed ``bb.``; the cell's config hash
 Claims and checkpoints: a SQLite store is local to one machine, so its claims
 are file locks beside it; any other store (a tracking server, a database) may
 be written from many machines, so its claims are records in the store itself,
-in the experiment ``<experiment>.claims`` (:class:`~branchbench.locks.StoreClaim`).
+in the experiment ``branchbench.claims`` (:class:`~branchbench.locks.StoreClaim`).
+Either way a claim covers the whole store, not one experiment, as checkpoints
+are kept by cell hash.
 Checkpoints go to ``checkpoint_dir`` when given (storage every node sees, for
 a cluster), else to ``bb-checkpoints/`` beside a SQLite store (or in the
 working directory for other stores). MLflow is
@@ -45,7 +47,7 @@ DEFAULT_EXPERIMENT = "branchbench"
 DB_NAME = "mlruns.db"
 ARTIFACT_DIR = "mlartifacts"
 CHECKPOINT_DIR = "bb-checkpoints"
-CLAIMS_SUFFIX = ".claims"
+CLAIMS_EXPERIMENT = "branchbench.claims"
 CLAIMS_NOTE = ("Claims on cells held by running branchbench sweeps (one run per claim, deleted when released); "
                "nothing to browse here.")
 MAX_PARAM_CHARS = 6000
@@ -192,7 +194,7 @@ class Tracking:
 
     def _claims_experiment_id(self) -> str:
         if self._claims_experiment is None:
-            self._claims_experiment = self._experiment(f"{self.experiment_name}{CLAIMS_SUFFIX}")
+            self._claims_experiment = self._experiment(CLAIMS_EXPERIMENT)
             self.client.set_experiment_tag(self._claims_experiment, "mlflow.note.content", CLAIMS_NOTE)
         return self._claims_experiment
 
