@@ -65,9 +65,13 @@ def _amount(text: str) -> float:
     from branchbench.executors import check_amount
 
     try:
-        return check_amount(float(text), "")
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_amount(value, "")
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: {str(err).strip() or 'not a number'}") from None
+        raise argparse.ArgumentTypeError(str(err).strip()) from None
 
 
 def _port(text: str) -> int:

@@ -335,6 +335,66 @@ def test_a_store_claim_is_exclusive_passes_on_when_released_expired_or_retried(t
 
 
 # ------------------------------------------------------------------ devices
+class FakePool:
+    """An executor on two GPUs whose cells end in random order; records what was submitted and where."""
+
+    def __init__(self, orders_dependencies: bool) -> None:
+        self.orders_dependencies = orders_dependencies
+        self.slots = 2
+        self.devices = DeviceSlots(local_devices(None, 2))
+        self.running: dict[Future, str] = {}
+        self.seen: list[tuple[str, list[str]]] = []  # (device, devices busy at submission)
+        self.submitted: list[tuple[object, list[Future], Future]] = []  # (cell, after, its future)
+        self.waits = 0
+
+    def submit(self, fn, job, after=(), threads=1):
+        future: Future = Future()
+        self.seen.append((job.device, sorted(self.running.values())))
+        self.submitted.append((job.cell, list(after), future))
+        self.running[future] = job.device
+        future.job = job
+        return future
+
+    def wait(self, futures):
+        self.waits += 1
+        ready = [f for f in futures if not self.orders_dependencies
+                 or all(dep.hash in self.finished for _, dep in f.job.cell.needs)]
+        future = random.choice(ready)
+        del self.running[future]
+        future.set_result(CellResult(future.job.cell, "finished"))
+        return [future]
+
+    @property
+    def finished(self) -> set[str]:
+        return {cell.hash for cell, _, _ in self.submitted} - {f.job.cell.hash for f in self.running}
+
+    def result(self, future):
+        return future.result()
+
+    def take_device(self):
+        return self.devices.take()
+
+    def give_device(self, device):
+        self.devices.give(device)
+
+    def close(self, interrupted=False):
+        pass
+
+
+def test_an_executor_that_orders_dependencies_gets_every_cell_at_once_with_its_dependencies(tracking, tmp_path):
+    pool = FakePool(orders_dependencies=True)
+    cfg = load_config(write_config(tmp_path / "sweep.toml", ["shared_bottom", "random_tree"], seeds=(0, 1)))
+    lines: list[str] = []
+    assert run_sweep(cfg, tracking, executor=pool, out=lines.append).exit_status == 0
+    assert len(pool.submitted) == 6 and pool.waits == 6
+    assert any("queued 6 cells" in line for line in lines)  # all submitted before the first wait
+    future_of = {cell.hash: future for cell, _, future in pool.submitted}
+    for cell, after, _ in pool.submitted:
+        # with each cell go the futures of the cells it depends on (Ray makes them task dependencies)
+        assert after == [future_of[dep.hash] for _, dep in cell.needs]
+    assert sum(bool(after) for _, after, _ in pool.submitted) == 4  # all but the two references
+
+
 def test_local_workers_default_to_one_per_gpu_and_each_cell_gets_a_gpu_of_its_own(tracking, tmp_path):
     assert local_devices(None, 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
     assert local_devices("cuda", 2) == ["cuda:0", "cuda:1"]
@@ -349,43 +409,7 @@ def test_local_workers_default_to_one_per_gpu_and_each_cell_gets_a_gpu_of_its_ow
     slots.give("cuda:1")
     assert slots.take() == "cuda:1"
 
-    class Recording:
-        """Two GPU workers; cells end out of order; records which device each cell was sent to."""
-
-        orders_dependencies = False
-
-        def __init__(self) -> None:
-            self.slots = 2
-            self.devices = DeviceSlots(local_devices(None, 2))
-            self.running: dict[Future, str] = {}
-            self.seen: list[tuple[str, list[str]]] = []
-
-        def submit(self, fn, job, after=(), threads=1):
-            future: Future = Future()
-            self.seen.append((job.device, sorted(self.running.values())))
-            self.running[future] = job.device
-            future.job = job
-            return future
-
-        def wait(self, futures):
-            future = random.choice(list(futures))
-            del self.running[future]
-            future.set_result(CellResult(future.job.cell, "finished"))
-            return [future]
-
-        def result(self, future):
-            return future.result()
-
-        def take_device(self):
-            return self.devices.take()
-
-        def give_device(self, device):
-            self.devices.give(device)
-
-        def close(self, interrupted=False):
-            pass
-
-    pool = Recording()
+    pool = FakePool(orders_dependencies=False)
     cfg = load_config(write_config(tmp_path / "sweep.toml", ["shared_bottom", "random_tree"], seeds=(0, 1, 2)))
     assert run_sweep(cfg, tracking, executor=pool, quiet=True).exit_status == 0
     assert len(pool.seen) == 9
