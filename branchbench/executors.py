@@ -35,7 +35,8 @@ import math
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -268,6 +269,24 @@ def import_ray() -> Any:
     return ray
 
 
+@contextlib.contextmanager
+def _keeping_sigterm(noticed: Callable[[], None]) -> Iterator[None]:
+    """Keep this process's SIGTERM handler through ``ray.init`` (which installs one that aborts the
+    driver, so a stopped sweep would neither cancel its cells nor close its parent run), and call
+    ``noticed`` on SIGTERM before it (inside ``ray.wait`` Ray turns the handler's exception into a
+    plain KeyboardInterrupt, so the executor needs to know it was SIGTERM)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread() and callable(previous):
+            def handler(signum: int, frame: Any) -> None:
+                noticed()
+                previous(signum, frame)
+
+            signal.signal(signal.SIGTERM, handler)
+
+
 def _ray_task(fn: Callable[..., Any], item: Any, *after: Any) -> Any:
     """What a Ray worker runs: ``fn`` with its claims tagged by this task's id (the same for each retry)."""
     import ray
@@ -295,13 +314,16 @@ class RayExecutor:
         ray = import_ray()
         self.ray = ray
         self.started = False
+        self.terminated = False
         self._in_flight: set[Any] = set()
         if not ray.is_initialized():
-            if settings.address:
-                ray.init(address=settings.address, log_to_driver=True)
-            else:
-                ray.init(address="local", num_cpus=settings.workers, include_dashboard=False, log_to_driver=True)
-                self.started = True
+            with _keeping_sigterm(self._terminated):
+                if settings.address:
+                    ray.init(address=settings.address, log_to_driver=True)
+                else:
+                    ray.init(address="local", num_cpus=settings.workers, include_dashboard=False,
+                             log_to_driver=True)
+                    self.started = True
         totals = ray.cluster_resources()
         has_gpus = totals.get("GPU", 0) > 0
         gpus = settings.gpus_per_cell
@@ -338,8 +360,16 @@ class RayExecutor:
         self._in_flight.add(ref)
         return ref
 
+    def _terminated(self) -> None:
+        self.terminated = True
+
     def wait(self, futures: Iterable[Any]) -> list[Any]:
-        done, _ = self.ray.wait(list(futures), num_returns=1)
+        try:
+            done, _ = self.ray.wait(list(futures), num_returns=1)
+        except KeyboardInterrupt as err:
+            if self.terminated and not isinstance(err, interrupts.Terminated):
+                raise interrupts.Terminated() from None
+            raise
         return list(done)
 
     def result(self, future: Any) -> Any:
