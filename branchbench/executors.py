@@ -300,9 +300,9 @@ def _ray_task(fn: Callable[..., Any], item: Any, *after: Any) -> Any:
 class RayExecutor:
     """Each cell a Ray task with its resource request; dependencies are Ray task dependencies.
 
-    ``address`` joins an existing cluster (also taken from ``RAY_ADDRESS``);
-    without one a local Ray instance starts (``workers`` CPUs, no dashboard)
-    and ends with :meth:`close`. A Ray instance already started in this
+    ``settings.address`` joins an existing cluster (the CLI takes it from
+    ``--ray-address`` or ``RAY_ADDRESS``); without one a local Ray instance
+    starts (``workers`` CPUs, no dashboard) and ends with :meth:`close`. A Ray instance already started in this
     process (``ray.init``) is used as it is. A task whose worker or node dies
     is retried ``max_retries`` times; the retry resumes the cell from its
     checkpoint (which must then be on storage every node sees).
