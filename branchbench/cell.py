@@ -2,8 +2,10 @@
 
 ``branchbench run`` runs one cell; ``branchbench sweep`` runs many; both call
 :func:`run_cell` with a resolved :class:`~branchbench.resolve.Cell`. A cell runs
-under a file lock beside the store, so two processes never run one cell at
-once; a finished cell is skipped; a cell whose process died is resumed: its
+under a claim that holds wherever the store can be written from (a file lock
+beside a SQLite store, a claim in a tracking server's store;
+:meth:`Tracking.claim`), so two processes never run one cell at once, on one
+machine or on a cluster; a finished cell is skipped; a cell whose process died is resumed: its
 interrupted run is reopened (set back to RUNNING, tagged with the epochs it
 resumed from) and continues from its last checkpoint, so the finished run holds
 every epoch's curve and its search time includes the interrupted part.
@@ -49,7 +51,6 @@ from branchbench.core.plan import Plan, PlanError
 from branchbench.core.retrain import retrain, seed_everything
 from branchbench.core.tasks import TaskSpec
 from branchbench.core.trainer import DivergenceError, FitResult, resolve_amp
-from branchbench.locks import FileLock
 from branchbench.plugins import RegistryError, get_method_class
 from branchbench.provenance import environment_tags
 from branchbench.resolve import DELTA_M_REFERENCE, Cell, CellConfig, CellError, resolve
@@ -126,7 +127,7 @@ def run_cell(
     if isinstance(cell, CellConfig):
         cell = resolve(cell)
     device = torch.device(device) if device is not None else default_device()
-    lock = FileLock(tracking.checkpoint_root / f"{cell.hash}.lock")
+    lock = tracking.claim(cell.hash)
     while not lock.try_acquire():
         if not wait:
             return CellOutcome("busy", cell.hash, error="another process is running this cell")

@@ -68,6 +68,19 @@ def _trials(text: str) -> int:
     return value
 
 
+def _amount(text: str) -> float:
+    from branchbench.executors import check_amount
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_amount(value, "")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).strip()) from None
+
+
 def _port(text: str) -> int:
     value = _seed(text)
     if value > 65535:
@@ -102,10 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run every cell of a config under one MLflow parent run, then report")
     sweep.add_argument("config", help="a protocol TOML file (see configs/)")
-    sweep.add_argument("--workers", type=_workers, default=1, help="cells run at once (default 1: in this process)")
-    sweep.add_argument("--executor", default="local", choices=["local", "ray"],
-                       help="local processes, or Ray (optional extra: pip install 'branchbench[ray]')")
-    sweep.add_argument("--ray-address", default=None, help="address of an existing Ray cluster")
+    sweep.add_argument("--workers", type=_workers, default=None,
+                       help="local: cells run at once (default: one per GPU on CUDA, else 1, in this process); "
+                            "a local Ray instance: its CPUs")
+    sweep.add_argument("--executor", default=None, choices=["local", "ray"],
+                       help="local processes (default), or Ray (optional extra: pip install 'branchbench[ray]'); "
+                            "also [executor] kind in the config")
+    sweep.add_argument("--ray-address", default=None,
+                       help="address of an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray instance); "
+                            "needs a tracking server (--tracking-uri http://...) and --checkpoint-dir")
+    sweep.add_argument("--cpus-per-cell", type=_amount, default=None,
+                       help="Ray: CPUs each cell asks for (default: its protocol's threads)")
+    sweep.add_argument("--gpus-per-cell", type=_amount, default=None,
+                       help="Ray: GPUs each cell asks for, e.g. 0.5 for two small cells per GPU (default: 1 where "
+                            "the cluster has GPUs, else 0)")
+    sweep.add_argument("--checkpoint-dir", default=None,
+                       help="where cells keep checkpoints: a folder every node sees, for a cluster (default: "
+                            "bb-checkpoints/ beside a SQLite store, else in the working directory)")
     sweep.add_argument("--dry-run", action="store_true",
                        help="list each cell as done / failed / pending and the projected time; run nothing")
     sweep.add_argument("--retry-failed", action="store_true", help="also rerun cells that failed deterministically")
@@ -126,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=_port, default=5000, help="port (default: %(default)s; 0 = any free port)")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     _common(ui)
+
+    server = sub.add_parser("server", help="start an MLflow tracking server for a team or a cluster "
+                                            "(127.0.0.1 unless --host says otherwise)")
+    server.add_argument("--backend-store-uri", default=None,
+                        help="where runs are kept: sqlite:///<file> or postgresql://user@host/db "
+                             "(default: sqlite:///./mlruns.db)")
+    server.add_argument("--artifacts-destination", default=None,
+                        help="where artifacts are kept, served through the server: a folder or s3://, gs://, ... "
+                             "(default: mlartifacts/ beside the store)")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s; 0.0.0.0 for other machines)")
+    server.add_argument("--port", type=_port, default=5000, help="port (default: %(default)s; 0 = any free port)")
+    server.add_argument("--workers", type=_workers, default=None,
+                        help="server processes (default: 1 on SQLite, 4 on another database)")
+    server.add_argument("--allowed-hosts", default=None,
+                        help="MLflow's --allowed-hosts: Host headers accepted, comma-separated "
+                             "(default: MLflow's, localhost and private networks)")
+    server.add_argument("--cors-allowed-origins", default=None,
+                        help="MLflow's --cors-allowed-origins, comma-separated (default: MLflow's, localhost)")
 
     prepare = sub.add_parser("prepare", help="validate a dataset's files and build its cache, before any run")
     prepare.add_argument("dataset", help="dataset name (or a name in --config)")
@@ -282,30 +327,70 @@ def _print_summary(outcome: Any, tracking: Any) -> None:
     print(f"browse: branchbench ui --tracking-uri {tracking.uri}")
 
 
+def _sweep_settings(args: argparse.Namespace, cfg: Any):
+    """The config's [executor] table, overridden by flags; refusals that need no cluster come first."""
+    import os
+
+    from branchbench.executors import settings_from_config
+    from branchbench.tracking import check_uri, default_uri, sqlite_path
+
+    settings = settings_from_config(cfg.raw.get("executor"), cfg.source).replace(
+        kind=args.executor, workers=args.workers, cpus_per_cell=args.cpus_per_cell,
+        gpus_per_cell=args.gpus_per_cell, checkpoint_dir=args.checkpoint_dir)
+    if settings.kind != "ray":
+        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--cpus-per-cell", args.cpus_per_cell),
+                                          ("--gpus-per-cell", args.gpus_per_cell)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} applies to --executor ray; the local executor runs --workers "
+                             "cells at once (one per GPU by default)")
+        return settings
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        return settings
+    label = f"--ray-address {args.ray_address}" if args.ray_address else f"RAY_ADDRESS={address}"
+    uri = args.tracking_uri or default_uri()
+    check_uri(uri)
+    if sqlite_path(uri) is not None:
+        raise UsageError(f"{label} with the SQLite store {uri}: cells on other machines cannot write a local file; "
+                         "start a tracking server (`branchbench server`) and give its http:// URI with "
+                         "--tracking-uri")
+    if args.workers is not None:
+        raise UsageError(f"--workers with {label}: a cluster runs as many cells as its resources allow; ask for "
+                         "resources per cell with --cpus-per-cell / --gpus-per-cell")
+    if settings.checkpoint_dir is None:
+        raise UsageError(f"{label}: give --checkpoint-dir (or [executor] checkpoint_dir) on storage every node "
+                         "sees, so a cell whose node dies resumes from its checkpoint on another")
+    return settings.replace(address=address)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from branchbench.config import load_config
     from branchbench.executors import make_executor
     from branchbench.runner import dry_run, plan_sweep, prepare_data, run_sweep
-    from branchbench.tracking import default_uri, sqlite_path
+    from branchbench.tracking import Tracking
 
     cfg = load_config(args.config)
     cells = plan_sweep(cfg)  # every cell resolved and checked before the store is touched
-    uri = args.tracking_uri or default_uri()
-    if args.executor == "ray" and args.ray_address and sqlite_path(uri) is not None:
-        raise UsageError(f"--ray-address {args.ray_address} with the SQLite store {uri}: cells on other machines "
-                         "cannot write a local file; start a tracking server (`mlflow server`) and give its "
-                         "http:// URI with --tracking-uri")
+    settings = _sweep_settings(args, cfg)
     try:
-        pool = None if args.dry_run else make_executor(args.executor, args.workers, args.ray_address)
+        pool = None if args.dry_run else make_executor(settings, device=args.device)
     except (RuntimeError, ValueError) as err:
         raise UsageError(str(err)) from None
-    tracking = _tracking(args, cfg)
-    if pool is None:
-        dry_run(cfg, tracking, args.retry_failed, workers=args.workers, cells=cells)
-        return 0
-    prepare_data(cells)
-    result = run_sweep(cfg, tracking, executor=pool, retry_failed=args.retry_failed, device=args.device,
-                       quiet=args.quiet, cells=cells)
+    try:
+        tracking = Tracking(args.tracking_uri, _experiment(args, cfg), settings.checkpoint_dir)
+        if pool is None:
+            from branchbench.executors import gpu_count, local_devices
+
+            workers = settings.workers or (len(local_devices(args.device, gpu_count())) if settings.kind == "local"
+                                           else 1)
+            dry_run(cfg, tracking, args.retry_failed, workers=workers, cells=cells)
+            return 0
+        prepare_data(cells)
+        result = run_sweep(cfg, tracking, executor=pool, retry_failed=args.retry_failed, device=args.device,
+                           quiet=args.quiet, cells=cells)
+    finally:
+        if pool is not None:
+            pool.close()
     if not args.no_report:
         _report(tracking, result.parent_run_id, args.reports_dir, log=True)
     from branchbench.ui import save_view
@@ -365,6 +450,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from branchbench.ui import serve
 
     return serve(args.tracking_uri, _experiment(args), port=args.port, host=args.host)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from branchbench.server import serve
+
+    return serve(args.backend_store_uri, args.artifacts_destination, port=args.port, host=args.host,
+                 workers=args.workers, allowed_hosts=args.allowed_hosts, cors_origins=args.cors_allowed_origins)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -470,8 +562,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "ui": cmd_ui, "prepare": cmd_prepare,
-            "methods": cmd_list, "datasets": cmd_list, "evaluate": cmd_evaluate, "tune": cmd_tune}
+HANDLERS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "ui": cmd_ui, "server": cmd_server,
+            "prepare": cmd_prepare, "methods": cmd_list, "datasets": cmd_list, "evaluate": cmd_evaluate,
+            "tune": cmd_tune}
 
 
 def _refusals() -> tuple[type[BaseException], ...]:

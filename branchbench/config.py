@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOP_KEYS = {"sweep", "protocol", "datasets", "methods"}
+TOP_KEYS = {"sweep", "protocol", "datasets", "methods", "executor"}  # [executor]: branchbench.executors
 SWEEP_KEYS = {"name", "seeds", "data_seeds", "budgets", "finetune", "experiment", "purpose", "include",
               "controls"}
 INCLUDE_KEYS = {"methods", "tuning"}

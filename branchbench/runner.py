@@ -4,13 +4,16 @@ A sweep is planned entirely before anything runs (:func:`plan_sweep` resolves
 every cell once, validating every option and data file), so bad input fails
 at once and no run exists. Cells depend on other cells (the independent
 networks for Δm and for Vandenhende's affinities, a learned plan for its
-controls); the runner submits a cell to its executor once every cell it
-depends on has finished, and fails it without running when one failed.
+controls); the runner submits a cell to a local executor once every cell it
+depends on has finished, and to Ray at once with its dependencies' futures (Ray
+starts it when they are done); either way a cell whose dependency failed is
+failed without running.
 
 Resume is by cell hash (the MLflow tag ``bb.config_hash``): a cell with a
 FINISHED run is skipped; an interrupted one continues from its checkpoint
-(``run_cell`` reopens its run); a cell held by another process is waited for,
-so two sweeps on one store finish every cell exactly once; deterministic
+(``run_cell`` reopens its run); a cell claimed by another process (on this
+machine or, with a tracking server, on any) is waited for, so two sweeps on
+one store finish every cell exactly once; deterministic
 failures (divergence, plan, plugin) are not retried unless ``retry_failed``.
 A failing cell is recorded and the sweep goes on; the exit status is the
 number of failed cells (at most 125).
@@ -33,8 +36,7 @@ from typing import Any
 
 from branchbench.config import SweepConfig, cell_configs
 from branchbench.console import SweepConsole, duration, emit
-from branchbench.executors import Executor, make_executor
-from branchbench.locks import locked
+from branchbench.executors import Executor, ExecutorSettings, make_executor
 from branchbench.resolve import Cell, Resolver, config_hash
 from branchbench.tracking import Tracking
 
@@ -186,34 +188,43 @@ def projected_time(pending: list[Cell], states: dict[str, dict[str, Any]], worke
 # ---------------------------------------------------------------- execution
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs to run one cell."""
+    """What a worker needs to run one cell (on this machine or another)."""
 
     cell: Cell
     uri: str
     experiment: str
     parent_run_id: str
     device: str | None
+    checkpoint_dir: str | None = None
 
 
-_TRACKING: dict[tuple[str, str], Tracking] = {}
+_TRACKING: dict[tuple[str, str, str | None], Tracking] = {}
 
 
-def _tracking(uri: str, experiment: str) -> Tracking:
+def _tracking(uri: str, experiment: str, checkpoint_dir: str | None = None) -> Tracking:
     """One Tracking per worker process (the store takes a moment to open)."""
-    key = (uri, experiment)
+    key = (uri, experiment, checkpoint_dir)
     if key not in _TRACKING:
-        _TRACKING[key] = Tracking(uri, experiment)
+        _TRACKING[key] = Tracking(uri, experiment, checkpoint_dir)
     return _TRACKING[key]
 
 
 SHOWN_METRICS = ("delta_m",)
 
 
-def execute_job(job: Job) -> CellResult:
-    """Run one cell (waiting out another process that holds it); never raises for a failing cell."""
+def execute_job(job: Job, *dependencies: CellResult) -> CellResult:
+    """Run one cell (waiting out another process that holds it); never raises for a failing cell.
+
+    ``dependencies`` are the results of the cells it depends on when the
+    executor orders them (Ray); a failed one fails this cell without running.
+    """
+    broken = next((d for d in dependencies if d.status == "failed"), None)
+    if broken is not None:
+        return CellResult(job.cell, "failed", None, f"its dependency {broken.cell.name} failed", "dependency")
     from branchbench.cell import run_cell
 
-    tracking = _tracking(job.uri, job.experiment)
+    _pin(job.device)
+    tracking = _tracking(job.uri, job.experiment, job.checkpoint_dir)
     start = time.perf_counter()
     try:
         outcome = run_cell(job.cell, tracking, parent_run_id=job.parent_run_id, device=job.device, wait=True)
@@ -223,6 +234,14 @@ def execute_job(job: Job) -> CellResult:
     shown = {k: v for k, v in outcome.metrics.items() if k in SHOWN_METRICS or k.startswith("test.")}
     return CellResult(job.cell, outcome.status, outcome.run_id, outcome.error, outcome.failure_kind, shown,
                       time.perf_counter() - start)
+
+
+def _pin(device: str | None) -> None:
+    """Make a worker's GPU its current CUDA device, so nothing it runs lands on another cell's GPU."""
+    if device is not None and device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
 
 
 # ------------------------------------------------------------- the parent run
@@ -262,7 +281,7 @@ def _session_alive(value: str) -> bool:
 
 
 def _parent_lock(tracking: Tracking, key: str):
-    return locked(tracking.checkpoint_root / f"sweep-{key}.lock")
+    return tracking.holding(f"sweep-{key}")
 
 
 def open_parent(tracking: Tracking, cfg: SweepConfig, cells: list[Cell], session: Session) -> str:
@@ -334,7 +353,7 @@ def run_sweep(
     cfg: SweepConfig,
     tracking: Tracking,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     executor: str | Executor = "local",
     address: str | None = None,
     retry_failed: bool = False,
@@ -345,12 +364,17 @@ def run_sweep(
 ) -> SweepResult:
     """Run every cell in dependency order and record them under one parent run.
 
-    ``executor`` is ``"local"`` (in this process, or ``workers`` processes),
-    ``"ray"``, or an executor object. ``cells`` are the planned cells when the
-    caller planned them already (the CLI does, to refuse bad input first).
+    ``executor`` is ``"local"`` (in this process, or ``workers`` processes;
+    on CUDA one per GPU by default), ``"ray"``, or an executor object.
+    ``cells`` are the planned cells when the caller planned them already (the
+    CLI does, to refuse bad input first). Checkpoints go to
+    ``tracking.checkpoint_root``.
     """
     cells = cells if cells is not None else plan_sweep(cfg)
-    pool = make_executor(executor, workers, address) if isinstance(executor, str) else executor
+    if isinstance(executor, str):
+        pool = make_executor(ExecutorSettings(executor, workers, address=address), device=device)
+    else:
+        pool = executor
     session = Session()
     parent = open_parent(tracking, cfg, cells, session)
     result = SweepResult(parent)
@@ -373,9 +397,15 @@ def run_sweep(
 
 def _schedule(cells: list[Cell], pool: Executor, tracking: Tracking, parent: str, device: str | None,
               retry_failed: bool, result: SweepResult, console: SweepConsole) -> None:
-    """Submit each cell once its dependencies finished; fail it unrun when one failed."""
+    """Submit each cell once its dependencies finished (or with them, to an executor that orders them).
+
+    A cell is failed unrun when one of its dependencies failed. ``device`` is
+    the device asked for; the executor says which one each cell is sent to.
+    """
     states = cell_states(tracking)
     outcome: dict[str, str] = {}  # hash -> finished | skipped | failed
+    position = {cell.hash: i for i, cell in enumerate(cells)}
+    checkpoint_dir = str(tracking.checkpoint_dir) if tracking.checkpoint_dir is not None else None
 
     def record(item: CellResult, detail: str = "") -> None:
         outcome[item.cell.hash] = item.status
@@ -395,23 +425,58 @@ def _schedule(cells: list[Cell], pool: Executor, tracking: Tracking, parent: str
                    f"failed earlier, {info['kind']}: {info['reason']}; --retry-failed reruns it")
         else:
             pending.append(cell)
-    running: dict[Any, Cell] = {}
+    running: dict[Any, tuple[Cell, str | None]] = {}
+    submitted: dict[str, Any] = {}  # hash -> future of each running cell
     while pending or running:
+        queued = 0
         for cell in list(pending):
             deps = [dep for _, dep in cell.needs]
             broken = next((dep for dep in deps if outcome.get(dep.hash) == "failed"), None)
             if broken is not None:
                 pending.remove(cell)
                 record(CellResult(cell, "failed", None, f"its dependency {broken.name} failed", "dependency"))
-            elif all(outcome.get(dep.hash) in ("finished", "skipped") for dep in deps) and len(running) < pool.slots:
-                pending.remove(cell)
+                continue
+            waiting = [dep for dep in deps if outcome.get(dep.hash) not in ("finished", "skipped")]
+            if pool.orders_dependencies:
+                ready = all(dep.hash in submitted for dep in waiting)
+            else:
+                ready = not waiting and len(running) < pool.slots
+            if not ready:
+                continue
+            pending.remove(cell)
+            if pool.orders_dependencies:
+                queued += 1
+            else:
                 console.started(cell)
-                running[pool.submit(execute_job, Job(cell, tracking.uri, tracking.experiment_name, parent,
-                                                     device))] = cell
+            on = pool.take_device()
+            job = Job(cell, tracking.uri, tracking.experiment_name, parent, device if on is None else on,
+                      checkpoint_dir)
+            future = pool.submit(execute_job, job, after=[submitted[dep.hash] for dep in waiting],
+                                 threads=cell.protocol.threads)
+            running[future] = (cell, on)
+            submitted[cell.hash] = future
+        if queued and not console.quiet:
+            console.out(f"queued {queued} cells; each starts when the cells it depends on are done "
+                        f"(about {pool.slots} at once)")
         if not running:
             if pending:  # cannot happen: dependencies are planned before the cells that need them
                 raise RuntimeError(f"cells wait on dependencies outside the sweep: {[c.name for c in pending]}")
             break
-        for future in pool.wait(list(running)):
-            running.pop(future)
-            record(pool.result(future))
+        done = sorted(pool.wait(list(running)), key=lambda f: position[running[f][0].hash])
+        for future in done:
+            cell, on = running.pop(future)
+            submitted.pop(cell.hash)
+            pool.give_device(on)
+            record(_collect(pool, future, cell, outcome))
+
+
+def _collect(pool: Executor, future: Any, cell: Cell, outcome: dict[str, str]) -> CellResult:
+    """A finished future's result; an executor's own failure (a Ray node lost past its retries) fails the cell."""
+    try:
+        return pool.result(future)
+    except Exception as err:
+        broken = next((dep for _, dep in cell.needs if outcome.get(dep.hash) == "failed"), None)
+        if broken is not None:
+            return CellResult(cell, "failed", None, f"its dependency {broken.name} failed", "dependency")
+        first = (str(err).strip().splitlines() or [""])[0]
+        return CellResult(cell, "failed", None, f"{type(err).__name__}: {first}"[:2000], "error")

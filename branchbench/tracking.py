@@ -9,13 +9,24 @@ start a reference run while its own is open, and worker processes do not share
 hidden state.
 
 Tags written by branchbench are prefixed ``bb.``; the cell's config hash
-(``bb.config_hash``) identifies a cell for resume and reuse. MLflow is
+(``bb.config_hash``) identifies a cell for resume and reuse.
+
+Claims and checkpoints: a SQLite store is local to one machine, so its claims
+are file locks beside it; any other store (a tracking server, a database) may
+be written from many machines, so its claims are records in the store itself,
+in the experiment ``branchbench.claims`` (:class:`~branchbench.locks.StoreClaim`).
+Either way a claim covers the whole store, not one experiment, as checkpoints
+are kept by cell hash.
+Checkpoints go to ``checkpoint_dir`` when given (storage every node sees, for
+a cluster), else to ``bb-checkpoints/`` beside a SQLite store (or in the
+working directory for other stores). MLflow is
 imported when a :class:`Tracking` is made, not when this module is, so the CLI
 answers ``--help`` without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -25,15 +36,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from branchbench.locks import locked
+from branchbench.locks import ClaimRecord, FileLock, StoreClaim, holding, locked
 
 # MLflow's artifact progress bars would interleave with ours on every reference load
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# with a tracking server MLflow prints two "View run" lines per ended run; the sweep prints its own line per cell
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_EXPERIMENT = "branchbench"
 DB_NAME = "mlruns.db"
 ARTIFACT_DIR = "mlartifacts"
 CHECKPOINT_DIR = "bb-checkpoints"
+CLAIMS_EXPERIMENT = "branchbench.claims"
+CLAIMS_NOTE = ("Claims on cells held by running branchbench sweeps (one run per claim, deleted when released); "
+               "nothing to browse here.")
 MAX_PARAM_CHARS = 6000
 MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -110,18 +126,21 @@ class Tracking:
     exist yet both succeed.
     """
 
-    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                 checkpoint_dir: str | Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_uri()
         check_uri(self.uri)
         self.root = local_root(self.uri)
         _prepare_folder(self.uri, self.root)
+        self.checkpoint_dir = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir is not None else None
         self.experiment_name = experiment
+        self._claims_experiment: str | None = None
         db = sqlite_path(self.uri)
         try:
             if db is not None:  # MLflow creates and migrates the schema when the client first opens the file
-                with locked(self.checkpoint_root / "store-create.lock"):
+                with locked(self.lock_root / "store-create.lock"):
                     self.client = MlflowClient(tracking_uri=self.uri)
                     self.experiment_id = self._experiment(experiment)
             else:
@@ -161,7 +180,67 @@ class Tracking:
 
     @property
     def checkpoint_root(self) -> Path:
+        """Where cells keep their checkpoints: ``checkpoint_dir`` if given, else beside the store."""
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.root / CHECKPOINT_DIR
+
+    @property
+    def lock_root(self) -> Path:
+        """The folder of a SQLite store's file locks (beside the file, wherever checkpoints go)."""
         return self.root / CHECKPOINT_DIR
+
+    @property
+    def shared(self) -> bool:
+        """Whether processes on other machines can write this store (anything but a SQLite file)."""
+        return sqlite_path(self.uri) is None
+
+    # ---------------------------------------------------------------- claims
+    def claim(self, key: str, ttl: float | None = None) -> FileLock | StoreClaim:
+        """A claim on ``key`` that holds wherever this store can be written from (module docstring)."""
+        if not self.shared:
+            return FileLock(self.lock_root / f"{key}.lock")
+        return StoreClaim(self, key) if ttl is None else StoreClaim(self, key, ttl=ttl)
+
+    def holding(self, key: str):
+        """Hold the claim on ``key`` for a ``with`` block."""
+        return holding(self.claim(key))
+
+    def _claims_experiment_id(self) -> str:
+        if self._claims_experiment is None:
+            self._claims_experiment = self._experiment(CLAIMS_EXPERIMENT)
+            self.client.set_experiment_tag(self._claims_experiment, "mlflow.note.content", CLAIMS_NOTE)
+        return self._claims_experiment
+
+    def add_claim(self, key: str, owner: Mapping[str, Any]) -> str:
+        tags = {"bb.kind": "claim", "bb.claim.key": key, "bb.claim.owner": json.dumps(owner, sort_keys=True),
+                "bb.claim.heartbeat": repr(time.time())}
+        return self.client.create_run(self._claims_experiment_id(), tags=tags, run_name=f"claim-{key}").info.run_id
+
+    def list_claims(self, key: str) -> list[ClaimRecord]:
+        """The active claims on ``key`` (removed ones are deleted runs, which searches leave out)."""
+        found = self.client.search_runs([self._claims_experiment_id()], f"tags.`bb.claim.key` = '{key}'",
+                                         max_results=1000)
+        out = []
+        for run in found:
+            tags = run.data.tags
+            try:
+                out.append(ClaimRecord(run.info.run_id, json.loads(tags["bb.claim.owner"]),
+                                       float(tags["bb.claim.heartbeat"])))
+            except (KeyError, ValueError):  # a claim caught between create and its tags: count it as live
+                out.append(ClaimRecord(run.info.run_id, {}, time.time()))
+        return out
+
+    def beat_claim(self, claim_id: str) -> bool:
+        """Refresh a claim's heartbeat; False when it was removed (someone judged it dead)."""
+        if self.client.get_run(claim_id).info.lifecycle_stage != "active":
+            return False
+        self.client.set_tag(claim_id, "bb.claim.heartbeat", repr(time.time()))
+        return True
+
+    def drop_claim(self, claim_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):  # removed already, by its owner or by another contender
+            self.client.delete_run(claim_id)
 
     @property
     def label(self) -> str:
