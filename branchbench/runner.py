@@ -40,7 +40,8 @@ from branchbench.executors import Executor, ExecutorSettings, make_executor
 from branchbench.resolve import Cell, Resolver, config_hash
 from branchbench.tracking import Tracking
 
-DETERMINISTIC_FAILURES = ("divergence", "plan", "plugin")
+DETERMINISTIC_FAILURES = ("divergence", "plan", "plugin", "undefined")
+UNDEFINED = "undefined"  # a control no permutation or policy can make (of shared-bottom, say): not a failure
 MAX_EXIT = 125
 
 
@@ -62,7 +63,8 @@ class SweepResult:
 
     @property
     def failed(self) -> list[CellResult]:
-        return [r for r in self.results if r.status == "failed"]
+        """Cells that failed (an undefined control is recorded FAILED but is not counted)."""
+        return [r for r in self.results if r.status == "failed" and r.failure_kind != UNDEFINED]
 
     @property
     def exit_status(self) -> int:
@@ -322,7 +324,7 @@ def close_parent(tracking: Tracking, parent: str, cells: list[Cell], session: Se
         others = [k for k, v in tags.items() if k.startswith("bb.session.") and k != session.tag and _session_alive(v)]
         if others:
             return
-        failed = sum(o["status"] == "failed" for o in merged.values())
+        failed = sum(o["status"] == "failed" and o.get("failure_kind") != UNDEFINED for o in merged.values())
         tracking.log_metrics(parent, {"cells": len(cells), "cells_failed": failed,
                                       "cells_done": sum(o["status"] in ("finished", "skipped")
                                                         for o in merged.values())})

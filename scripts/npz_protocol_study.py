@@ -34,6 +34,7 @@ from branchbench.core.trainer import Trainer
 from branchbench.datasets.fixtures import write_npz_fixture
 from branchbench.datasets.npz import NpzDataset
 from branchbench.datasets.synthetic import Synthetic
+from branchbench.seeds import development_seeds
 
 CANDIDATES = {
     "30 epochs, patience 5, cosine (before)": dict(epochs=30, early_stopping=5, lr_schedule="cosine"),
@@ -66,10 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="npz-protocol-study-"))
-    files = write_files(folder, args.sizes, [1000 + i for i in range(args.seeds)])
+    files = write_files(folder, args.sizes, development_seeds(args.seeds))
     rows = []
     for path in files:
-        dataset = NpzDataset(path=str(path), data_seed=1000)
+        dataset = NpzDataset(path=str(path), data_seed=development_seeds(1)[0])
         bench = dataset.load()
         for make in (Plan.shared_bottom, Plan.independent):
             plan = make(bench.task_names, bench.backbone.block_names)

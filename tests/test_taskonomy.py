@@ -419,7 +419,7 @@ def small_bench(tmp_path_factory):
 def _methods() -> list[str]:
     from branchbench.plugins import get_method_class, list_methods
 
-    skip = {"given_plan", "needs_groups"}  # a plan from the user; groups Taskonomy does not have
+    skip = {"given_plan", "needs_groups", "control"}  # a user's plan; groups Taskonomy lacks; a source cell
     return [m for m in list_methods() if not skip & set(get_method_class(m).tags)]
 
 

@@ -98,8 +98,8 @@ only with an unbounded beam (measured: the default beam found the optimum on
 88 of 100 random 6-task instances, mean relative gap 0.9%, and missed it on 7
 of 12 random 7-task instances, mean score gap 0.04); the single-task networks are trained with the
 suite's protocol rather than the paper's, as one ``independent`` network (T
-disjoint copies) whose early-stopping epoch is chosen on the total validation
-loss rather than per task.
+disjoint copies) trained together, each task keeping the weights of its own
+best validation epoch (as separate single-task training would).
 
 **Observed**: on the default synthetic data the affinities show the true
 groups clearly (about 0.45 within, 0.03 across at the last block), yet the

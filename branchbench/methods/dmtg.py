@@ -188,8 +188,10 @@ class HalvingTrainer(Trainer):
     @classmethod
     def like(cls, trainer: Trainer) -> HalvingTrainer:
         """The same trainer (protocol, device, seed, logging, checkpoints) with this schedule."""
-        return cls(trainer.protocol, trainer.device, trainer.seed, trainer.log, trainer.checkpointer,
-                   trainer.progress, trainer.prefix)
+        new = cls(trainer.protocol, trainer.device, trainer.seed, trainer.log, trainer.checkpointer,
+                  trainer.progress, trainer.prefix)
+        new.on_fit_end = trainer.on_fit_end  # the cell's compute accounting sees this fit too
+        return new
 
     def _make_schedule(self, optimizer: torch.optim.Optimizer, steps: int | Sequence[int]):
         total_steps = steps if isinstance(steps, int) else sum(steps)  # the total, or each epoch's steps

@@ -35,10 +35,13 @@ from branchbench.reports import stats
 # A task's main metric is the first metric of its kind (core.tasks); its direction signs gains.
 MAIN_METRICS: dict[str, bool] = {specs[0].name: specs[0].higher_is_better for specs in DEFAULT_METRICS.values()}
 BASELINES = ("shared_bottom", "independent", "oracle_tree", "random_tree")
-NOT_LEARNED = (*BASELINES, "permuted_tree")  # everything else is a learned method, tested against controls
+CONTROL_KINDS = ("permuted_tree", "random_policy")  # made from a learned method's own plans (bb.control_of)
+NOT_LEARNED = (*BASELINES, *CONTROL_KINDS, "fixed_plan")  # every other kind is a learned method, tested against controls
 METHOD_ORDER = (*NOT_LEARNED, "learn_to_branch", "branched_affinity", "dmtg", "adashare")
 DATA_SEED_TAG = "tags.bb.data_seed"  # missing (older runs): data seed 0
 CONTROL_OF_TAG = "tags.bb.control_of"  # on permuted_tree runs: the learned method whose plans it permutes
+KIND_TAG = "tags.bb.method_kind"  # a method's registered kind (a labelled variant's name differs from it)
+AT_CAP_TAG = "tags.bb.hit_epoch_cap"  # "true" when the retrain's best validation epoch was its last
 DELTA_M = "Δm (%)"
 
 # quantity label -> (metrics column, value format)
@@ -169,7 +172,14 @@ def _keyed(runs: pd.DataFrame) -> pd.DataFrame:
     if "control_of" not in out:
         tag = out[CONTROL_OF_TAG] if CONTROL_OF_TAG in out else pd.Series("", index=out.index)
         out["control_of"] = tag.fillna("").astype(str)
-    out["label"] = [f"{m} ({of})" if of else m for m, of in zip(out["method"], out["control_of"], strict=True)]
+    if "kind" not in out:
+        kind = out[KIND_TAG] if KIND_TAG in out else pd.Series(np.nan, index=out.index)
+        out["kind"] = kind.where(kind.notna() & (kind.astype(str) != ""), out["method"]).astype(str)
+    if "at_cap" not in out:
+        tag = out[AT_CAP_TAG] if AT_CAP_TAG in out else pd.Series("false", index=out.index)
+        out["at_cap"] = tag.fillna("false").astype(str) == "true"
+    out["label"] = [f"{k} ({of})" if of else m
+                    for m, k, of in zip(out["method"], out["kind"], out["control_of"], strict=True)]
     return out
 
 
@@ -210,6 +220,8 @@ def summary(runs: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES) -> pd.Data
         if label != DELTA_M:
             values[label] = runs[column] if column in runs else np.nan
     table = _aggregate(values, ["method", "budget"], quality, n_resamples)
+    table[("at epoch cap", "")] = runs.assign(method=runs["label"]).groupby(["method", "budget"], sort=False)[
+        "at_cap"].sum().reindex(table.index).fillna(0).astype(int)
     table.attrs["n_resamples"] = n_resamples
     return table
 
@@ -247,6 +259,8 @@ def summary_header(table: pd.DataFrame) -> str:
         f"{resamples} resamples; Davison & Hinkley 1997, sec. 3.8]; costs: mean ± std. "
         "Δm: mean signed relative gain (%) of each task's main test metric over the independent networks of the same seeds; "
         "beside it the absolute main test metrics (per task, and their mean per metric kind where a kind has several tasks). "
+        "At epoch cap: runs whose retrain's best validation epoch was its last (still improving when the protocol's "
+        "epochs ran out; their scores may understate the plan). "
         + _interval_note(table[("data seeds", "")], [f"{m} @ {b}" for m, b in table.index])
     )
 
@@ -304,7 +318,10 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=table.index)
     out["n"] = table[("n", "")].astype(int)
     out["data seeds"] = table[("data seeds", "")].astype(int)
-    for quantity in dict.fromkeys(q for q, _ in table.columns if q not in ("n", "data seeds")):
+    if ("at epoch cap", "") in table:  # runs whose best validation epoch was the last: still improving
+        out["at epoch cap"] = [f"{k}/{n}" if k else "–" for k, n in zip(table[("at epoch cap", "")], out["n"],
+                                                                        strict=True)]
+    for quantity in dict.fromkeys(q for q, _ in table.columns if q not in ("n", "data seeds", "at epoch cap")):
         style = COSTS[quantity][1] if quantity in COSTS else "3f"
         cells = [_pm(m, s, style) for m, s in zip(table[(quantity, "mean")], table[(quantity, "std")], strict=True)]
         if (quantity, "ci_low") in table:
@@ -356,8 +373,8 @@ def controls_of(method: str, budget: str) -> list[str]:
     test is one of Δm against 0), and its own ``permuted_tree``.
     """
     if budget == "none":
-        return ["shared_bottom", "independent", "permuted_tree"]
-    return ["random_tree", "permuted_tree"]
+        return ["shared_bottom", "independent", *CONTROL_KINDS]
+    return ["random_tree", *CONTROL_KINDS]
 
 
 def paired(runs: pd.DataFrame, value: str = "metrics.delta_m", n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
@@ -392,11 +409,11 @@ def paired(runs: pd.DataFrame, value: str = "metrics.delta_m", n_resamples: int 
     runs = _keyed(runs)
     keys = ["data_seed", "seed"]
     rows = []
-    learned = runs[~runs["method"].isin(NOT_LEARNED)]
+    learned = runs[~runs["kind"].isin(NOT_LEARNED) & (runs["control_of"] == "")]
     for (method, budget), group in learned.groupby(["method", "budget"], sort=False):
         for control in controls_of(method, budget):
-            of = method if control == "permuted_tree" else ""
-            other = runs[(runs["method"] == control) & (runs["budget"] == budget) & (runs["control_of"] == of)]
+            of = method if control in CONTROL_KINDS else ""
+            other = runs[(runs["kind"] == control) & (runs["budget"] == budget) & (runs["control_of"] == of)]
             pairs = group[[*keys, value]].merge(other[[*keys, value]], on=keys, suffixes=("", "_c"))
             pairs = pairs.dropna(subset=[value, f"{value}_c"])
             if pairs.empty:
