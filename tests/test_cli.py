@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,8 @@ class Lines:
         self.seen: list[str] = []
         threading.Thread(target=lambda: [self.queue.put(line) for line in proc.stdout], daemon=True).start()
 
-    def wait_for(self, text: str, deadline_s: float) -> str:
+    def wait_for(self, pattern: str, deadline_s: float) -> re.Match:
+        """The first line (from now) matching ``pattern`` (a regular expression), as a match."""
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             try:
@@ -52,9 +54,9 @@ class Lines:
             except queue.Empty:
                 continue
             self.seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r} in time; got {self.seen}")
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"no line matching {pattern!r} in time; got {self.seen}")
 
     def rest(self, timeout: float = 120) -> list[str]:
         self.proc.wait(timeout=timeout)
@@ -75,7 +77,7 @@ def test_sweep_lines_appear_as_cells_run_and_end_in_a_summary(tmp_path):
     uri = default_uri(tmp_path)
     proc = sweep(SMOKE, uri)
     lines = Lines(proc)
-    first = lines.wait_for("start  ", 180)
+    first = lines.wait_for("start  ", 180).string
     assert proc.poll() is None, "the first cell's line came only when the sweep ended (buffered output)"
     assert "synthetic-independent-s" in first  # dependencies run first
     lines.wait_for("finished synthetic-", 180)

@@ -44,7 +44,7 @@ def test_sigterm_to_ui_leaves_no_process_of_its_server(tmp_path):
     port = free_port()
     proc = cli("ui", "--tracking-uri", uri, "--port", str(port))
     lines = Lines(proc)
-    group = int(lines.wait_for("process group", 120).split("process group ")[1].split(")")[0])
+    group = int(lines.wait_for(r"process group (\d+)", 120).group(1))
     assert group_alive(group)
     proc.send_signal(signal.SIGTERM)
     lines.rest(timeout=60)

@@ -14,20 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_cli import Lines
 from test_runner import fresh_store, template_db, write_config  # noqa: F401 - template_db is a fixture
 
 from branchbench.config import load_config
@@ -45,27 +42,6 @@ from branchbench.ui import (
 
 RUN_NAMES = {"independent": "synthetic-independent-s0", "shared_bottom": "synthetic-shared_bottom-s0",
              "random_tree": "synthetic-random_tree-b1.5-s0"}
-
-
-class Lines:
-    """A process's stdout lines, read by a thread, so waits have deadlines."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=lambda: [self.queue.put(line) for line in proc.stdout], daemon=True).start()
-
-    def wait_for(self, pattern: str, deadline_s: float) -> re.Match:
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"no line matching {pattern!r} in time; got {self.seen}")
 
 
 @pytest.fixture(scope="module")
