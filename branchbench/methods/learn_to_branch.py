@@ -225,7 +225,7 @@ per parameter tensor, over twice as many tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -239,7 +239,7 @@ from branchbench.core.net import export_state, fuses_siblings, run_stacked
 from branchbench.core.options import Space
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import TaskSpec
-from branchbench.core.trainer import ExtraOptimizer, FitState, Hook, default_loss
+from branchbench.core.trainer import ExtraOptimizer, FitState, Hook, LossFn, default_loss
 
 
 # --------------------------------------------------------------------- widths
@@ -383,7 +383,9 @@ class BranchingSupernet(nn.Module):
     ``logits[l-1]`` is ``(K_l, K_{l-1})`` (children x parents). With
     ``leaves="heads"`` every task head has logits over the last block's nodes;
     with ``leaves="nodes"`` the last block has one node per task (heads choose
-    only if ``K_{L-1} != T``). ``tau``, ``hard``, ``uniform`` and ``phase`` are set
+    only if ``K_{L-1} != T``). ``tau``, ``hard``, ``uniform``, ``sample_trees``
+    (the sampled warm-up: in train mode every child takes one parent drawn
+    uniformly, a random tree per forward pass) and ``phase`` are set
     by the search's hook; ``noise`` (a list of tensors shaped like the logits) fixes
     the Gumbel noise for tests. ``phase`` says which parameters the next backward
     pass serves: ``"weights"`` (the logits are detached), ``"logits"`` (the nodes'
@@ -422,6 +424,7 @@ class BranchingSupernet(nn.Module):
         self.tau = 1.0
         self.hard = True
         self.uniform = False
+        self.sample_trees = False
         self.noise: list[Tensor] | None = None
         self.phase: str | None = None
         self.eval_argmax = False
@@ -449,8 +452,10 @@ class BranchingSupernet(nn.Module):
         ``eval_argmax``), so the validation curve is that of the network being
         trained: it meets the argmax tree as the temperature falls and the logits
         commit, instead of jumping when the warm-up ends (see the module doc).
-        While ``uniform`` (the warm-up) children average their parents in train
-        *and* eval mode.
+        While ``uniform`` (the uniform warm-up) children average their parents in
+        train *and* eval mode; while ``sample_trees`` (the sampled warm-up) each
+        child takes one parent drawn uniformly in train mode (a one-hot sample of
+        the still-zero logits, no gradient) and eval mode is the relaxation.
         """
         if self.uniform:
             return torch.full_like(logits, 1.0 / logits.shape[-1])
@@ -458,6 +463,9 @@ class BranchingSupernet(nn.Module):
             zeros = torch.zeros_like(logits)
             return gumbel_softmax(logits, self.tau, noise=zeros, hard=self.hard or self.eval_argmax)
         noise = self.noise[index] if self.noise is not None else None
+        if self.sample_trees:
+            flat = torch.zeros_like(logits)  # uniform parents, whatever the logits
+            return gumbel_softmax(flat, 1.0, noise=noise, hard=True).detach()
         if self.phase == "weights":  # a weight step discards the logits' gradients: build none
             logits = logits.detach()
         return gumbel_softmax(logits, self.tau, noise=noise, hard=self.hard)
@@ -635,6 +643,55 @@ def probability_row(net: BranchingSupernet, blocks: Sequence[str]) -> dict[str, 
             for c in range(p.shape[0]) for q in range(p.shape[1])}
 
 
+# ------------------------------------------------------------------ schedule
+WARMUPS = ("uniform", "sampled")
+LOGIT_OPTIMIZERS = ("adam", "sgd")
+
+
+def held_progress(progress: float, hold: float) -> float:
+    """The temperature schedule's progress when the first ``hold`` of the search stays at ``tau_start``.
+
+    >>> [held_progress(p, 0.5) for p in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    [0.0, 0.0, 0.0, 0.5, 1.0]
+    """
+    if progress <= hold:
+        return 0.0
+    return min(1.0, (progress - hold) / (1.0 - hold))
+
+
+def averaged_loss(tasks: Sequence[TaskSpec], samples: int) -> LossFn:
+    """The multitask loss averaged over ``samples`` forward passes, each with fresh Gumbel samples.
+
+    A logit step's gradient is then the mean of ``samples`` single-sample
+    estimates (lower variance, ``samples`` times the cost, counted in
+    ``block_evals_per_logit_step``).
+    """
+    base = default_loss(tasks)
+    if samples == 1:
+        return base
+
+    def loss(model: nn.Module, x: Tensor, y: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        total: Tensor | None = None
+        parts: dict[str, Tensor] = {}
+        for _ in range(samples):
+            one, per_task = base(model, x, y)
+            total = one if total is None else total + one
+            for t, v in per_task.items():
+                parts[t] = parts[t] + v if t in parts else v
+        return total / samples, {t: v / samples for t, v in parts.items()}
+
+    return loss
+
+
+def logit_optimizer(kind: str, lr: float) -> Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]:
+    """The branching logits' optimiser: Adam (betas 0.5, 0.999, DARTS-style) or SGD with momentum 0.9."""
+    if kind == "adam":
+        return lambda params: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+    if kind == "sgd":
+        return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"learn_to_branch: logit_optimizer={kind!r} is not one of {LOGIT_OPTIMIZERS}")
+
+
 # ----------------------------------------------------------------------- hook
 class _BranchingHook(Hook):
     """Anneals the temperature, switches warm-up off, tells the supernet which step runs
@@ -645,10 +702,13 @@ class _BranchingHook(Hook):
     PHASES = {"weights": "weights", "branching": "logits"}
 
     def __init__(self, net: BranchingSupernet, schedule: TemperatureSchedule, warmup_epochs: int,
-                 groups: dict[str, int] | None, blocks: Sequence[str]) -> None:
+                 groups: dict[str, int] | None, blocks: Sequence[str], tau_hold: float = 0.0,
+                 warmup: str = "uniform") -> None:
         self.net = net
         self.schedule = schedule
         self.warmup = warmup_epochs
+        self.tau_hold = tau_hold
+        self.warmup_kind = warmup
         self.groups = groups
         self.blocks = list(blocks)
         self.history: list[dict[str, float]] = []
@@ -662,8 +722,10 @@ class _BranchingHook(Hook):
         self._evals_at_start = self.net.block_evals
         total = max(1, (fit.epochs - self.warmup) * fit.steps_per_epoch)
         done = fit.step - self.warmup * fit.steps_per_epoch
-        self.net.uniform = fit.epoch < self.warmup
-        self.net.tau = self.schedule(done / total)
+        warming = fit.epoch < self.warmup
+        self.net.uniform = warming and self.warmup_kind == "uniform"
+        self.net.sample_trees = warming and self.warmup_kind == "sampled"
+        self.net.tau = self.schedule(held_progress(done / total, self.tau_hold))
         self.net.phase = self.PHASES.get(phase)
 
     def on_step_end(self, fit: FitState, phase: str, loss: float) -> None:
@@ -710,8 +772,11 @@ class LearnToBranch(Method):
         "max_width": Option(0, "largest K_l with widths='auto' (0 = number of tasks)", low=0),
         "leaves": Option("heads", "'heads': each task head chooses among the last block's nodes; 'nodes': "
                          "the last block has one node per task", choices=LEAVES),
-        "logit_lr": Option(0.1, "Adam learning rate of the branching logits", low=1e-6, high=10.0,
+        "logit_lr": Option(0.1, "learning rate of the branching logits", low=1e-6, high=10.0,
                            tune=Space(0.01, 1.0, log=True)),
+        "logit_optimizer": Option("adam", "the logits' optimiser: 'adam' (betas 0.5, 0.999) or 'sgd' "
+                                  "(momentum 0.9)", choices=LOGIT_OPTIMIZERS),
+        "samples_per_step": Option(1, "Gumbel samples per logit step (their losses averaged)", low=1, high=64),
         "logit_data": Option("train", "where logit steps draw batches", choices=("train", "holdout")),
         "holdout_fraction": Option(0.2, "part of the train split held out when logit_data='holdout'",
                                    low=0.05, high=0.5),
@@ -721,7 +786,11 @@ class LearnToBranch(Method):
         "tau_start": Option(5.0, "temperature after warm-up", low=1e-3, high=1e3, tune=Space(1.0, 10.0, log=True)),
         "tau_end": Option(0.1, "temperature at the end of search", low=1e-3, high=1e3,
                           tune=Space(0.03, 1.0, log=True)),
-        "warmup_epochs": Option(5, "epochs of weight-only training with uniform parents", low=0),
+        "tau_hold": Option(0.0, "fraction of the search (after warm-up) held at tau_start before annealing",
+                           low=0.0, high=0.9),
+        "warmup_epochs": Option(5, "epochs of weight-only training before the logits train", low=0),
+        "warmup": Option("uniform", "warm-up: 'uniform' (children average their parents) or 'sampled' "
+                         "(a random tree per step)", choices=WARMUPS),
         "epochs": Option(0, "search epochs (0 = epoch_factor x the benchmark protocol's)", low=0),
         "epoch_factor": Option(2.5, "search epochs as a multiple of the protocol's, when epochs=0",
                                low=0.1, high=100.0),
@@ -766,11 +835,13 @@ class LearnToBranch(Method):
         protocol = bench.protocol.replace(epochs=self.search_epochs(bench.protocol))
         schedule = TemperatureSchedule(p["tau_schedule"], p["tau_start"], p["tau_end"])
         blocks = bench.backbone.block_names
-        hook = _BranchingHook(net, schedule, p["warmup_epochs"], bench.groups, blocks)
+        hook = _BranchingHook(net, schedule, p["warmup_epochs"], bench.groups, blocks, tau_hold=p["tau_hold"],
+                              warmup=p["warmup"])
         extra = ExtraOptimizer(
             name="branching",
             params=net.arch_parameters(),
-            make_optimizer=lambda params: torch.optim.Adam(params, lr=p["logit_lr"], betas=(0.5, 0.999)),
+            make_optimizer=logit_optimizer(p["logit_optimizer"], p["logit_lr"]),
+            loss_fn=averaged_loss(bench.tasks, p["samples_per_step"]),
             start_epoch=p["warmup_epochs"],
             data=p["logit_data"],
         )
