@@ -472,6 +472,11 @@ def test_tau_is_held_at_tau_start_for_the_first_fraction_of_the_search_then_anne
     plain = _hook_taus(bench, hold=0.0)
     assert plain[0] == pytest.approx(5.0) and plain[1] < 4.9  # no hold: annealed from the first search step
     assert ltb.held_progress(1.0, 0.5) == 1.0 and ltb.held_progress(0.75, 0.5) == 0.5
+    # the default holds the first 40% of the search: 5 search epochs of 2 steps, logged at each epoch's end
+    ctx = LocalContext(bench)
+    LearnToBranch(epochs=6, warmup_epochs=1).search(bench, Budget(None), ctx)
+    logged = ctx.curve("search/ltb/tau")
+    assert logged[1:3] == pytest.approx([5.0, 5.0]) and logged[3] < 4.9 and logged[-1] < logged[3]
 
 
 class _MixSpy(BranchingSupernet):
