@@ -32,6 +32,7 @@ from branchbench.core.plan import Plan
 from branchbench.core.tasks import multitask_loss
 from branchbench.datasets.synthetic import Synthetic
 from branchbench.methods.learn_to_branch import BranchingSupernet, derive_widths
+from branchbench.seeds import DEVELOPMENT
 
 torch.set_num_threads(1)
 BATCH = 128
@@ -40,7 +41,7 @@ RATIOS = [2.5, 5.0, None]
 
 @pytest.fixture(scope="module")
 def bench():
-    return Synthetic(tasks=6, groups=3).load()
+    return Synthetic(tasks=6, groups=3, data_seed=DEVELOPMENT[0]).load()  # step time only; a development draw
 
 
 def _batches(bench):

@@ -448,3 +448,113 @@ def test_without_any_choice_there_are_no_logit_steps(bench):
     result = LearnToBranch(epochs=3, warmup_epochs=1).search(bench, Budget(1.0), LocalContext(bench))
     assert result.plan == Plan.shared_bottom(bench.task_names, bench.backbone.block_names)
     assert result.cost["logit_steps"] == 0 and result.cost["commitment"] == 1.0
+
+
+# ---------------------------------------------------------------- schedule
+def _hook_taus(bench, hold: float, warmup_epochs: int = 1, epochs: int = 6, steps: int = 4):
+    net = _net(bench, [1, 2, 4])
+    hook = ltb._BranchingHook(net, TemperatureSchedule("exponential", 5.0, 0.1), warmup_epochs, None,
+                              bench.backbone.block_names, tau_hold=hold)
+    fit = ltb.FitState(model=net, epochs=epochs, steps_per_epoch=steps)
+    taus = []
+    for fit.step in range(epochs * steps):
+        fit.epoch = fit.step // steps
+        hook.on_step_start(fit, "weights")
+        if fit.epoch >= warmup_epochs:
+            taus.append(net.tau)
+    return taus
+
+
+def test_tau_is_held_at_tau_start_for_the_first_fraction_of_the_search_then_annealed(bench):
+    taus = _hook_taus(bench, hold=0.5)  # 20 search steps: the first 10 (progress <= 0.5) at tau_start
+    assert taus[:11] == pytest.approx([5.0] * 11)
+    assert all(a > b for a, b in zip(taus[10:], taus[11:], strict=False)) and taus[-1] < 0.2
+    plain = _hook_taus(bench, hold=0.0)
+    assert plain[0] == pytest.approx(5.0) and plain[1] < 4.9  # no hold: annealed from the first search step
+    assert ltb.held_progress(1.0, 0.5) == 1.0 and ltb.held_progress(0.75, 0.5) == 0.5
+    # the default holds the first 40% of the search: 5 search epochs of 2 steps, logged at each epoch's end
+    ctx = LocalContext(bench)
+    LearnToBranch(epochs=6, warmup_epochs=1).search(bench, Budget(None), ctx)
+    logged = ctx.curve("search/ltb/tau")
+    assert logged[1:3] == pytest.approx([5.0, 5.0]) and logged[3] < 4.9 and logged[-1] < logged[3]
+
+
+class _MixSpy(BranchingSupernet):
+    """Records the parent weights of block 2's children (3 parents with widths 1,3,4) in training mode."""
+
+    mixes: list[tuple[bool, torch.Tensor]] = []
+
+    def _mixing(self, index, logits):
+        out = super()._mixing(index, logits)
+        if self.training and index == 1:
+            _MixSpy.mixes.append((self.uniform or self.sample_trees, out.detach().clone()))
+        return out
+
+
+@pytest.mark.parametrize("warmup", ["uniform", "sampled"])
+def test_sampled_warmup_trains_the_weights_on_random_trees(bench, monkeypatch, warmup):
+    monkeypatch.setattr(ltb, "BranchingSupernet", _MixSpy)
+    _MixSpy.mixes = []
+    torch.manual_seed(0)
+    LearnToBranch(epochs=4, warmup_epochs=3, widths="1,3,4", warmup=warmup).search(
+        bench, Budget(None), LocalContext(bench))
+    warm = [m for during, m in _MixSpy.mixes if during]
+    assert len(warm) == 3 * 2  # 3 warm-up epochs of 2 batches, one weight step each
+    if warmup == "uniform":
+        assert all(torch.allclose(m, torch.full_like(m, 1 / 3)) for m in warm)
+    else:  # each child takes exactly one parent, and the trees differ from step to step
+        assert all(torch.equal(m.sum(-1), torch.ones(4)) and set(m.unique().tolist()) <= {0.0, 1.0} for m in warm)
+        assert len({tuple(m.argmax(-1).tolist()) for m in warm}) > 1
+    assert len(_MixSpy.mixes) > len(warm)  # the search continues with Gumbel samples of the logits
+
+
+def test_samples_per_step_averages_the_losses_of_k_forward_passes(bench):
+    calls = []
+
+    def model(x):  # a different prediction per call, as fresh Gumbel samples give
+        calls.append(1)
+        return {t.name: torch.full((x.shape[0], 1), float(len(calls))) for t in bench.tasks}
+
+    x = bench.splits["train"].x[:8]
+    y = {t: v[:8] for t, v in bench.splits["train"].y.items()}
+    loss, parts = ltb.averaged_loss(bench.tasks, 3)(model, x, y)
+    calls.clear()
+    singles = [ltb.default_loss(bench.tasks)(model, x, y) for _ in range(3)]
+    assert float(loss) == pytest.approx(sum(float(s[0]) for s in singles) / 3)
+    for t in parts:
+        assert float(parts[t]) == pytest.approx(sum(float(s[1][t]) for s in singles) / 3)
+    # in a search: k forward passes per logit step, counted in its cost
+    result = LearnToBranch(epochs=3, warmup_epochs=1, samples_per_step=2).search(
+        bench, Budget(None), LocalContext(bench))
+    assert result.cost["block_evals_per_logit_step"] == 2 * result.cost["block_evals_per_weight_step"]
+
+
+def test_logit_optimizer_option_picks_sgd_or_adam_and_both_move_the_logits(bench):
+    q = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = ltb.logit_optimizer("sgd", 0.5)(q)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 0.5 and sgd.defaults["momentum"] == 0.9
+    assert isinstance(ltb.logit_optimizer("adam", 0.1)(q), torch.optim.Adam)
+    with pytest.raises(ValueError, match="logit_optimizer"):
+        LearnToBranch(logit_optimizer="rmsprop")
+    for kind, lr in (("sgd", 3.0), ("adam", 0.3)):
+        torch.manual_seed(0)
+        result = LearnToBranch(epochs=4, warmup_epochs=1, logit_optimizer=kind, logit_lr=lr).search(
+            bench, Budget(None), LocalContext(bench))
+        assert result.cost["commitment"] > 0.3, kind  # uniform over 4 parents is 0.25
+
+
+def test_holdout_logit_steps_draw_only_held_out_samples(bench, monkeypatch):
+    seen: dict[str, set[int]] = {"weights": set(), "logits": set()}
+    rows = {tuple(r.tolist()): i for i, r in enumerate(bench.splits["train"].x)}
+
+    class Spy(BranchingSupernet):
+        def forward(self, x):
+            if self.training and not (self.uniform or self.sample_trees):
+                seen[self.phase].update(rows[tuple(r.tolist())] for r in x)
+            return super().forward(x)
+
+    monkeypatch.setattr(ltb, "BranchingSupernet", Spy)
+    LearnToBranch(epochs=4, warmup_epochs=1, logit_data="holdout", holdout_fraction=0.25).search(
+        bench, Budget(None), LocalContext(bench))
+    assert seen["logits"] and seen["weights"] and not seen["logits"] & seen["weights"]
+    assert len(seen["logits"]) == 64 and len(seen["weights"]) == 192  # a quarter of the 256 held out
