@@ -13,7 +13,13 @@ from branchbench.core.benchmark import Split
 from branchbench.core.plan import Plan
 from branchbench.core.retrain import build_net, retrain, task_owned_keys
 from branchbench.core.tasks import multitask_loss
-from branchbench.core.trainer import ExtraOptimizer, Hook, MemoryCheckpointer, TaskSelection, Trainer
+from branchbench.core.trainer import (
+    ExtraOptimizer,
+    Hook,
+    MemoryCheckpointer,
+    TaskSelection,
+    Trainer,
+)
 
 
 class _Snapshots(Hook):
