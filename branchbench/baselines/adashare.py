@@ -82,8 +82,9 @@ With the protocol's own 60 epochs (factor 1) the logits barely moved (final
 p_select 0.16-0.87, 192 policy steps, final temperature 0.94). Measured at
 factor 5 on the default synthetic data, seeds 0-2 (``seed_everything``),
 one CPU thread: search 14-15 s; p_select of the 27 learnable (task, block)
-entries, min / median / max 0.80 / 0.95 / 0.97, 0.79 / 0.92 / 0.97,
-0.93 / 0.96 / 0.99 (mean 0.94, 0.91, 0.96; above 0.95: 37%, 15%, 70%).
+entries, min / median / max 0.80 / 0.95 / 0.97, 0.69 / 0.92 / 0.97,
+0.88 / 0.96 / 0.98 (mean 0.93, 0.90, 0.95; above 0.95: 33%, 15%, 63%;
+version 2's sharing weights; version 1's gave means 0.94, 0.91, 0.96).
 The policies commit to *select*: on this narrow (width 16) MLP,
 skipping a block costs more task loss than the sparsity term saves. They stop
 near 0.96 rather than 1.0 because the logits' weight decay (5e-4) balances
