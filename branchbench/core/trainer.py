@@ -43,7 +43,10 @@ multiplications and convolutions; optimiser updates are not counted). A
 phase's FLOPs are that count times the samples it trained on, i.e. the first
 step's FLOPs times the steps when batches are full; steps whose cost differs
 from the first one's (a curriculum, a warm-up that runs other blocks) are
-counted at the first one's.
+counted at the first one's; so, under per-task training, are the steps after
+some tasks have stopped (their backward passes are skipped, their forward
+passes still run): the phase's FLOPs are then an upper bound, and
+``task_steps`` says how long each task trained.
 """
 
 from __future__ import annotations
