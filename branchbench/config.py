@@ -367,8 +367,8 @@ def _finetune(given: bool | None, method: Component, cfg: SweepConfig) -> bool:
     return method.finetune if method.finetune is not None else cfg.finetune
 
 
-def control_components(cfg: SweepConfig, methods: list[str], method_overrides: dict[str, Any]
-                       ) -> list[tuple[str, Component, bool]]:
+def control_components(cfg: SweepConfig, methods: list[str], method_overrides: dict[str, Any],
+                       finetune: bool | None = None) -> list[tuple[str, Component, bool]]:
     """(name, component, True) of each control of ``sweep.controls`` for each learned method it applies to.
 
     A learned method is one that searches (tagged ``search`` or
@@ -377,7 +377,10 @@ def control_components(cfg: SweepConfig, methods: list[str], method_overrides: d
     those with (``skips``). The control is named by its kind, so reports group
     it as ``permuted_tree (<method>)``; its options name the method, its kind
     and its options (with ``--set method.*`` overrides), so it reads that very
-    cell.
+    cell. Controls retrain their plan from scratch (they have no search weights
+    to fine-tune), so a method that fine-tunes (``finetune``, the command
+    line's, else its table's, else the sweep's) is refused with its controls:
+    the two would differ in training as well as in grouping.
     """
     from branchbench.plugins import get_method_class
 
@@ -393,6 +396,13 @@ def control_components(cfg: SweepConfig, methods: list[str], method_overrides: d
             learned = bool(tags & {"search", "needs_reference"}) and not tags & {"control", "given_plan"}
             if not learned or ("skips" in tags) != ("skips" in cls.tags):
                 continue
+            if _finetune(finetune, source, cfg):
+                raise ConfigError(
+                    f"sweep.controls in {cfg.source}: method {name!r} fine-tunes its search weights (finetune = "
+                    f"true), but its control {control!r} retrains from scratch (a control has no search weights), "
+                    "so the two would differ in training, not only in which tasks share; set finetune = false for "
+                    f"{name!r}, or leave {control!r} out of sweep.controls"
+                )
             options = {**source.options, **method_overrides}
             out.append((control, Component(control, {"source": name, "source_kind": source.kind,
                                                      "source_options": json.dumps(options, sort_keys=True)}), True))

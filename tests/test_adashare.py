@@ -20,6 +20,7 @@ from branchbench.context import LocalContext
 from branchbench.core.budget import Budget
 from branchbench.core.gumbel import gumbel_softmax, sample_gumbel
 from branchbench.core.net import BranchedNet
+from branchbench.core.options import OptionError
 from branchbench.core.plan import Plan
 from branchbench.core.retrain import seed_everything
 
@@ -84,6 +85,21 @@ def test_sharing_term_is_zero_for_equal_policies_and_grows_with_disagreement():
     # the paper pushes shallow blocks harder to be shared; the reference code the opposite
     assert w.tolist() == pytest.approx([1.0, 2 / 3, 1 / 3])
     assert sharing_weights(3, "code").tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # L counts the policy blocks only, as the reference's logits; the stem weighs nothing
+    assert sharing_weights(3, "code", n_stem=1).tolist() == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert sharing_weights(3, "paper", n_stem=1).tolist() == pytest.approx([0.0, 1.0, 2 / 3, 1 / 3])
+
+
+@pytest.mark.parametrize(("direction", "expected"), [("code", [0.0, 0.5, 1.0]), ("paper", [0.0, 1.0, 0.5])])
+def test_search_weights_sharing_over_the_policy_blocks_only(monkeypatch, direction, expected):
+    import branchbench.baselines.adashare as adashare
+
+    seen = []
+    original = adashare.sharing_loss
+    monkeypatch.setattr(adashare, "sharing_loss", lambda logits, w: seen.append(w.tolist()) or original(logits, w))
+    bench = tiny_bench(epochs=2)  # 3 blocks: the stem and 2 policy blocks
+    AdaShare(samples=1, search_epochs=2, curriculum_speed=1, sharing_direction=direction).search(bench, Budget(None), LocalContext(bench))
+    assert seen and all(w == pytest.approx(expected) for w in seen)
 
 
 def test_sparsity_term_only_sees_unlocked_blocks_and_pushes_to_skip():
@@ -162,9 +178,13 @@ def test_stem_is_always_executed_unless_skipping_it_is_allowed():
 def test_skip_counts_per_task_and_the_shared_bottom_flag():
     blocks = ["b0", "b1", "b2"]
     shared = Plan.shared_bottom(["a", "b"], blocks)
-    assert skip_counts(shared) == {"skipped.a": 0.0, "skipped.b": 0.0, "reproduces_shared_bottom": 1.0}
+    assert skip_counts(shared) == {"skipped.a": 0.0, "skipped.b": 0.0, "reproduces_shared_bottom": 1.0,
+                                   "fully_shared": 1.0}
     skipping = Plan(["a", "b"], blocks, {"a": [0, None, None], "b": [0, 0, None]})
-    assert skip_counts(skipping) == {"skipped.a": 2.0, "skipped.b": 1.0, "reproduces_shared_bottom": 0.0}
+    assert skip_counts(skipping) == {"skipped.a": 2.0, "skipped.b": 1.0, "reproduces_shared_bottom": 0.0,
+                                     "fully_shared": 0.0}
+    shallower = Plan(["a", "b"], blocks, {"a": [0, None, 0], "b": [0, None, 0]})  # one network, one block skipped
+    assert skip_counts(shallower)["fully_shared"] == 1.0 and skip_counts(shallower)["reproduces_shared_bottom"] == 0.0
 
 
 def test_search_length_from_the_factor_the_reference_phases_or_epochs():
@@ -172,9 +192,12 @@ def test_search_length_from_the_factor_the_reference_phases_or_epochs():
     assert AdaShare(epoch_factor=1.0).search_length(60) == (60, 12)  # the reference's search/retrain ratio
     epochs, warmup = AdaShare(policy_phases=333).search_length(60)
     assert epochs - warmup == 333 and warmup == 83  # NYU-v2: 16,000 iterations in phases of 24 + 24
-    assert AdaShare(policy_phases=333, search_epochs=10).search_length(60) == (10, 2)  # explicit epochs win
+    with pytest.raises(OptionError, match="search_epochs=10 and policy_phases=333"):  # two lengths: refused
+        AdaShare(policy_phases=333, search_epochs=10)
     bench = tiny_bench(epochs=2)
     ctx = LocalContext(bench, seed=0)
     result = AdaShare(samples=1, policy_phases=3, curriculum_speed=1).search(bench, Budget(None), ctx)
     assert result.cost["supernet_epochs"] == 4 and len(ctx.curve("search/adashare.tau")) == 4  # 1 warm-up + 3
     assert set(skip_counts(result.plan)) <= set(result.cost)
+    # steps: the warm-up trains on all 256 samples (4 batches), each policy phase on the 128 not held out (2)
+    assert result.cost["supernet_steps"] == 1 * 4 + 3 * 2 and result.cost["policy_steps"] == 3 * 2

@@ -218,6 +218,18 @@ def test_probe_rank_counts_the_trees_ordered_before_it():
     assert exact_search(problem).probe_rank is None
 
 
+def test_probe_scored_says_whether_the_search_reached_the_probe():
+    """A narrow beam ranks a tree it never scored among the few it did: the rank alone cannot say so."""
+    problem = random_problem(5, 3, 2.5, seed=3, block_params=[50, 100, 200])
+    everything = exact_search(problem, top_k=10**6).top
+    probe = everything[len(everything) // 2].chain
+    assert exact_search(problem, probe=probe).probe_scored is True
+    narrow = beam_search(problem, beam=1, max_children=1, probe=probe)
+    assert narrow.probe_scored is False and narrow.probe_rank <= narrow.evaluated
+    assert beam_search(problem, beam=None, probe=probe).probe_scored is True
+    assert exact_search(problem).probe_scored is None
+
+
 def test_stages_come_from_block_names_or_a_backbone_attribute():
     from branchbench.core.backbones import mlp_backbone, resnet18_backbone, tag_celeba_backbone
     from branchbench.methods.branched_affinity import point_params, stage_ends, stage_of
@@ -269,6 +281,7 @@ def test_true_tree_is_reported_and_never_changes_the_plan(grouped):
                 assert known.cost["true_tree_feasible"] == 0 and "true_tree_rank" not in known.cost
                 continue
             assert known.cost["true_tree_feasible"] == 1
+            assert known.cost["true_tree_scored"] == 1  # 6 tasks: the exact search scores every tree
             rank, true_cost = known.cost["true_tree_rank"], known.cost["true_tree_cost"]
             assert rank >= 1 and rank == int(rank)
             chosen = known.artifacts["search.json"]["chosen_score"]

@@ -77,6 +77,20 @@ def test_permuted_control_is_undefined_where_no_permutation_changes_the_plan(mak
     assert not permutation_invariant(TREE)
 
 
+def test_permuted_control_changes_who_shares_not_only_the_plan():
+    """With skips a swap can change the plan but not the partition: such a draw is no control of the grouping."""
+    only_skips = Plan(["a", "b"], BLOCKS, {"a": [0, None, 0], "b": [0, 0, 0]})  # a swap keeps {a} | {b}
+    assert permutation_invariant(only_skips)
+    with pytest.raises(UndefinedControl, match="undefined"):
+        permute_plan(only_skips, random.Random(0))
+    # a <-> b keeps every partition ({a} | {b} | {c, d} below block 0); other permutations regroup
+    source = Plan(["a", "b", "c", "d"], BLOCKS, {"a": [0, None, 0], "b": [0, 0, 0], "c": [0, 1, 1], "d": [0, 1, 1]})
+    assert not permutation_invariant(source)
+    for seed in range(50):
+        permuted = permute_plan(source, random.Random(seed))[0]
+        assert any(set(permuted.partition(level)) != set(source.partition(level)) for level in range(3)), seed
+
+
 def test_control_options_are_checked_while_resolving():
     with pytest.raises(OptionError, match="source is required"):
         PermutedTree()
@@ -98,12 +112,21 @@ def test_random_policy_keeps_each_tasks_number_of_skips():
     source = Plan(TASKS, ["s", *BLOCKS], {"a": [0, None, 0, 0], "b": [0, 0, None, None], "c": [0, 0, 0, 0],
                                           "d": [0, None, None, None], "e": [0, 0, 0, None]})
     drawn = {random_policy(source, random.Random(seed))[0] for seed in range(30)}
+    assert source not in drawn
     assert len(drawn) > 1  # random
     for plan in drawn:
         for task in TASKS:
             assert plan.nodes[task].count(None) == source.nodes[task].count(None)
             assert plan.nodes[task][0] == 0  # the stem is never skipped
     assert {n for p in drawn for t in TASKS for n in p.nodes[t]} == {0, None}  # shared weights only
+
+
+def test_random_policy_is_never_the_source_itself():
+    source = Plan(TASKS, ["s", *BLOCKS], {"a": [0, None, 0, 0], **{t: [0, 0, 0, 0] for t in TASKS[1:]}})
+    draws = [random_policy(source, random.Random(seed)) for seed in range(50)]  # a's skip: 1 of 3 blocks
+    assert all(plan != source for plan, _, _ in draws)
+    assert {n for _, _, n in draws} > {1}  # some first draws were the source's own policy, drawn again
+    assert {plan.nodes["a"].index(None) for plan, _, _ in draws} == {2, 3}
 
 
 def test_random_policy_is_undefined_or_refused_where_it_cannot_differ():
@@ -117,8 +140,9 @@ def test_random_policy_method_reads_the_source_plan():
     bench = tiny_bench()
     source = Plan(bench.task_names, bench.backbone.block_names,
                   {"t0": [0, None, 0], "t1": [0, 0, 0], "t2": [0, 0, None], "t3": [0, 0, 0]})
-    plan = RandomPolicy(source="adashare").search(bench, Budget(None), _ctx_with_source(bench, source)).plan
-    assert [plan.nodes[t].count(None) for t in plan.tasks] == [1, 0, 1, 0]
+    result = RandomPolicy(source="adashare").search(bench, Budget(None), _ctx_with_source(bench, source))
+    assert [result.plan.nodes[t].count(None) for t in result.plan.tasks] == [1, 0, 1, 0]
+    assert result.plan != source and result.cost["policy_draws"] >= 1
 
 
 # ---------------------------------------------------------------- in a cell
@@ -176,6 +200,21 @@ def test_sweep_controls_add_one_control_per_learned_method_reading_its_cell():
         assert by_key[(control.method_options["source"], str(control.budget))] == source.hash
     assert json.loads(next(c for c in controls if c.method_options["source"] == "dmtg_k2")
                       .method_options["source_options"]) == {"k": 2}
+
+
+def test_sweep_controls_of_a_finetuning_method_are_refused():
+    """A control retrains from scratch: against a fine-tuned source it would differ in training too."""
+    finetuned = {**SWEEP, "methods": {"dmtg_k2": {"kind": "dmtg", "k": 2, "finetune": True}}}
+    with pytest.raises(ConfigError, match="'dmtg_k2' fine-tunes.*permuted_tree"):
+        cell_configs(parse_config(finetuned))
+    with pytest.raises(ConfigError, match="fine-tunes"):  # the sweep's setting
+        cell_configs(parse_config({**SWEEP, "sweep": {**SWEEP["sweep"], "finetune": True}}))
+    from branchbench.config import control_components
+
+    config = parse_config(SWEEP)
+    with pytest.raises(ConfigError, match="fine-tunes"):  # the command line's
+        control_components(config, ["learn_to_branch"], {}, finetune=True)
+    assert control_components(config, ["learn_to_branch"], {}, finetune=False)
 
 
 def test_sweep_controls_must_be_controls():

@@ -167,6 +167,8 @@ def test_runs_as_a_cell(tracking):
     run = tracking.get_run(outcome.run_id)
     assert run.data.tags["bb.finetuned"] == "true"
     assert any(key.startswith("train_g") for key in run.data.metrics)
+    m = outcome.metrics  # the groups' fits are the cell's training record
+    assert m["train.steps"] > 0 and m["train.flops"] > 0 and {f"best_epoch.t{i}" for i in range(4)} <= set(m)
 
 
 # ------------------------------------------------ issue 13: k, the reference's schedule, fine-tuning
@@ -233,3 +235,22 @@ def test_finetune_variants_run_end_to_end_from_the_search_weights(mode):
     if mode == "per_group":  # one fit per group, each with its own curves
         assert all(len(ctx.curve(f"train_g{j}/val_loss")) == 2 for j in range(groups))
         assert tuned.fit.epochs_run == 2 * groups
+
+
+def test_per_group_finetuning_keeps_the_groups_compute_and_epoch_cap_record():
+    """The combined record carries the groups' steps and FLOPs, each task's group's best epoch, and the epoch cap."""
+    bench = tiny_bench(epochs=2)  # 256 samples / batch 64: 4 steps an epoch
+    ctx = LocalContext(bench, seed=0)
+    method = DMTG(k=2, finetune_mode="per_group")
+    result = method.search(bench, Budget(None), ctx)
+    fit = method.finetune(bench, result.plan, result.init_state, ctx, seed=0).fit
+    groups = result.plan.partition(2)
+    assert len(fit.parts) == len(groups) == 2, groups  # a real per-group fine-tune
+    assert fit.steps == {"weights": 2 * 4 * len(groups)}
+    assert fit.flops == pytest.approx(sum(part.flops for part in fit.parts)) and fit.flops > 0
+    for group, part in zip(sorted(groups, key=lambda g: min(bench.task_names.index(t) for t in g)), fit.parts,
+                           strict=True):
+        assert all(fit.task_best_epochs[t] == part.best_epoch for t in group)
+    # the epoch cap: hit when any group's best epoch was its last (epochs add up, best epochs do not)
+    assert fit.still_improving == any(part.best_epoch == part.epochs_run - 1 for part in fit.parts)
+    assert fit.still_improving  # 2 epochs from the search weights: validation still falls

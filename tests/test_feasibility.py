@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -47,6 +48,21 @@ def test_branched_affinity_is_feasible_when_the_cheapest_recovering_tree_fits_it
     assert method.feasible(bench, Budget(need * 1.01)) is True
     # without a budget, its default budget decides
     assert create_method("branched_affinity", default_budget=need * 1.01).feasible(bench, Budget(None)) is True
+
+
+def test_branched_affinity_is_feasible_only_at_its_branch_points():
+    """Branching only after stages, the cheapest recovering tree copies the whole last stage."""
+    bench = _bench()
+    backbone = copy.copy(bench.backbone)
+    backbone.stages = ["a", "b", "b"]  # blocks 1-2 one stage: a tree branches after block 0 or 2 only
+    staged = dataclasses.replace(bench, backbone=backbone)
+    block = bench.backbone.block_params
+    assert len(set(block)) == 1  # equal blocks: shared-bottom is 3 of them
+    every, stages = create_method("branched_affinity"), create_method("branched_affinity", branch_points="stages")
+    assert every.feasible(staged, Budget(2.0)) is True  # 2 shared blocks + 3 copies of the last: 5/3x
+    assert stages.feasible(staged, Budget(2.0)) is False  # 1 shared block + 3 copies of the stage: 7/3x
+    assert stages.feasible(staged, Budget(7 / 3 + 0.01)) is True
+    assert stages.feasible(bench, Budget(2.0)) is True  # an MLP's blocks are each a stage: the same as every_block
 
 
 def test_adashare_is_feasible_when_skip_patterns_can_tell_the_groups_apart():

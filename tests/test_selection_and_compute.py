@@ -13,7 +13,13 @@ from branchbench.core.benchmark import Split
 from branchbench.core.plan import Plan
 from branchbench.core.retrain import build_net, retrain, task_owned_keys
 from branchbench.core.tasks import multitask_loss
-from branchbench.core.trainer import ExtraOptimizer, Hook, MemoryCheckpointer, Trainer
+from branchbench.core.trainer import (
+    ExtraOptimizer,
+    Hook,
+    MemoryCheckpointer,
+    TaskSelection,
+    Trainer,
+)
 
 
 class _Snapshots(Hook):
@@ -150,3 +156,64 @@ def test_extra_optimiser_steps_are_counted_as_their_own_phase():
     assert fit.steps == {"weights": 8, "heads": 4}
     assert fit.flops_per_sample["heads"] > 0
     assert fit.flops == pytest.approx(sum(fit.flops_per_sample[p] * fit.samples[p] for p in fit.steps))
+
+
+# ------------------------------------------- per-task training as separate single-task trainings would
+def test_task_selection_stops_a_task_after_its_patience():
+    """A task that has gone `patience` epochs without improving keeps its selection, even if it improves later."""
+    net = torch.nn.Linear(1, 1)
+    selection = TaskSelection({"a": ["weight"], "b": ["bias"]}, patience=2)
+    script = {"a": [1.0, 2.0, 3.0, 0.1], "b": [1.0, 0.9, 0.8, 0.7]}
+    stopped = [selection.update(net, epoch, {t: v[epoch] for t, v in script.items()}, steps=10 * (epoch + 1))
+               for epoch in range(4)]
+    assert stopped == [[], [], ["a"], []]
+    assert selection.best_epoch == {"a": 0, "b": 3}  # a's later improvement is never seen, as alone
+    assert selection.task_steps(40) == {"a": 30, "b": 40} and not selection.exhausted()
+    unlimited = TaskSelection({"a": ["weight"]}, patience=0)  # no early stopping: every epoch counts
+    for epoch in range(4):
+        unlimited.update(net, epoch, {"a": script["a"][epoch]}, steps=epoch)
+    assert unlimited.best_epoch == {"a": 3}
+
+
+class _Scripted(Hook):
+    """Validation losses by epoch: t0 improves only at epoch 0 and again after its patience; the others improve."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def on_epoch_start(self, fit):
+        self.epoch = fit.epoch
+
+    def loss(self, model, x, y):
+        per_task = {t: torch.tensor(1.0 / (self.epoch + 1)) for t in y}
+        per_task["t0"] = torch.tensor([1.0, 2.0, 3.0][self.epoch] if self.epoch < 3 else 0.01)
+        return sum(per_task.values()), per_task
+
+
+def test_a_stopped_task_is_neither_reselected_nor_trained_while_the_others_go_on():
+    bench = tiny_bench(epochs=6)
+    bench = dataclasses.replace(bench, protocol=bench.protocol.replace(early_stopping=2))
+    plan = _independent(bench)
+    net = build_net(bench, plan, seed=0)
+    owned = task_owned_keys(net, plan)
+    script, snapshots = _Scripted(), _Snapshots()
+    fit = Trainer(bench.protocol, seed=0).fit(net, bench, val_loss_fn=script.loss, hooks=[script, snapshots],
+                                             per_task=owned)
+    assert fit.epochs_run == 6 and fit.task_best_epochs == {"t0": 0, "t1": 5, "t2": 5, "t3": 5}
+    assert fit.task_steps == {"t0": 3 * 4, "t1": 6 * 4, "t2": 6 * 4, "t3": 6 * 4}  # 4 steps an epoch
+    for key in owned["t0"]:
+        assert all(torch.equal(s[key], snapshots.states[2][key]) for s in snapshots.states[3:]), key  # not trained
+        assert torch.equal(net.state_dict()[key], snapshots.states[0][key])  # its own best epoch
+    assert all(q.requires_grad for q in net.parameters())  # trainable again after the fit
+
+
+def test_tasks_that_share_nothing_train_on_unweighted_losses():
+    """A loss weight scales a task against others; trained on its own (SGD here), a task has none."""
+    bench = tiny_bench(epochs=2)
+    bench = dataclasses.replace(bench, protocol=bench.protocol.replace(optimizer="sgd", lr=0.05))
+    weighted = dataclasses.replace(bench, tasks=tuple(dataclasses.replace(t, loss_weight=5.0) if t.name == "t0"
+                                                       else t for t in bench.tasks))
+    plan = _independent(bench)
+    plain, scaled = (retrain(b, plan, Trainer(b.protocol, seed=0), seed=0).net.state_dict() for b in (bench, weighted))
+    for key, value in plain.items():
+        assert torch.equal(value, scaled[key]), key

@@ -30,9 +30,14 @@ The sharing weights ``w_l``, checked in both sources: the paper weights block l
 (1-based) by ``(L - l) / L``, so shallow blocks are pushed harder to be shared
 (low-level features are generic); the reference code's ``get_hamming_loss``
 uses ``(l + 1) / L`` (0-based), which grows with depth, the opposite
-direction. We follow the paper by default, as ``(L - l) / L`` for 0-based l
-(weights 1 .. 1/L, so the last block still counts, which the 1-based formula
-would drop); ``sharing_direction="code"`` gives the reference code's.
+direction. In both, l and L count the *policy* blocks only (the reference's
+logits cover its blocks after the stem). We follow the paper by default, as
+``(L - l) / L`` for 0-based l (weights 1 .. 1/L, so the last block still
+counts, which the 1-based formula would drop); ``sharing_direction="code"``
+gives the reference code's. The stem (below) has no policy and weight 0
+(version 2; version 1 counted it in L and gave it the first weight, so on a
+4-block MLP "code" weighted the policy blocks 0.5, 0.75, 1 instead of the
+reference's 1/3, 2/3, 1, and "paper" was scaled by (L - 1) / L).
 
 Block 0 plays the reference's stem (its ``seed``: conv, BN, pool, outside
 the policy): every task executes it; ``skip_first_block=True`` gives it a
@@ -77,8 +82,9 @@ With the protocol's own 60 epochs (factor 1) the logits barely moved (final
 p_select 0.16-0.87, 192 policy steps, final temperature 0.94). Measured at
 factor 5 on the default synthetic data, seeds 0-2 (``seed_everything``),
 one CPU thread: search 14-15 s; p_select of the 27 learnable (task, block)
-entries, min / median / max 0.80 / 0.95 / 0.97, 0.79 / 0.92 / 0.97,
-0.93 / 0.96 / 0.99 (mean 0.94, 0.91, 0.96; above 0.95: 37%, 15%, 70%).
+entries, min / median / max 0.80 / 0.95 / 0.97, 0.69 / 0.92 / 0.97,
+0.88 / 0.96 / 0.98 (mean 0.93, 0.90, 0.95; above 0.95: 33%, 15%, 63%;
+version 2's sharing weights; version 1's gave means 0.94, 0.91, 0.96).
 The policies commit to *select*: on this narrow (width 16) MLP,
 skipping a block costs more task loss than the sparsity term saves. They stop
 near 0.96 rather than 1.0 because the logits' weight decay (5e-4) balances
@@ -86,10 +92,12 @@ the vanishing task gradient at a logit gap of about 3. Factor 3 (~8 s) and 8
 (~25 s) gave the same picture.
 
 Logged per search (as ``search.<name>`` metrics of the cell): ``skipped.<task>``,
-the number of blocks the task skips in the final plan, and
+the number of blocks the task skips in the final plan;
 ``reproduces_shared_bottom`` (1 when the plan skips nothing: every task then
 runs every shared block, which is exactly shared-bottom), so a report can say
-when a policy reproduces shared-bottom.
+when a policy reproduces shared-bottom; and ``fully_shared`` (1 when every
+task follows the same policy, skips included: one shared network, a shallower
+shared-bottom when it skips, which ``reproduces_shared_bottom`` does not count).
 
 After the search, policies are sampled from the learned distribution
 (``samples`` draws; the reference retrains several sampled policies and keeps
@@ -133,7 +141,10 @@ writes it as the log-likelihood of executing: the same direction, another
 magnitude. (9) The curriculum unlocks one more block every
 ``curriculum_speed`` = 3 policy phases, as the reference's yml; the paper's
 text reads as one block per epoch. (10) The network weights use the benchmark
-protocol's optimiser (the reference switches to SGD after warm-up). (11)
+protocol's optimiser and learning-rate schedule, stretched over the whole
+search (e.g. cosine over all its epochs); the reference steps its warm-up
+optimiser with a StepLR and, after the warm-up, trains the weights with a
+fresh SGD at a constant rate (momentum 0.9, weight decay 1e-4). (11)
 Buffer-free (fusable) blocks run all tasks' distinct inputs as one
 concatenated batch; this is exact because the weights are shared. Blocks with
 BatchNorm run per distinct input, as the reference runs the backbone per
@@ -144,7 +155,6 @@ reference's NYU-v2 3-task config, and the search runs without early stopping.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -157,7 +167,7 @@ from branchbench.core.budget import Budget
 from branchbench.core.gumbel import gumbel_softmax
 from branchbench.core.method import Method, Option, RunContext, SearchResult
 from branchbench.core.net import export_state
-from branchbench.core.options import Space
+from branchbench.core.options import OptionError, Space
 from branchbench.core.plan import Plan
 from branchbench.core.tasks import multitask_loss
 from branchbench.core.trainer import ExtraOptimizer, FitState, Hook
@@ -175,14 +185,17 @@ def pattern_of(policy: Tensor) -> Tensor:
     return pattern
 
 
-def sharing_weights(n_blocks: int, direction: str = "paper") -> Tensor:
-    """Per-block weights of the sharing term: ``(L - l)/L`` (paper) or ``(l + 1)/L`` (code), 0-based l."""
-    index = torch.arange(n_blocks, dtype=torch.float32)
+def sharing_weights(n_policy: int, direction: str = "paper", n_stem: int = 0) -> Tensor:
+    """Per-block weights of the sharing term: 0 for the ``n_stem`` stem blocks, then over the
+    ``L = n_policy`` policy blocks ``(L - l)/L`` (paper) or ``(l + 1)/L`` (code), 0-based l."""
+    index = torch.arange(n_policy, dtype=torch.float32)
     if direction == "paper":
-        return (n_blocks - index) / n_blocks
-    if direction == "code":
-        return (index + 1) / n_blocks
-    raise ValueError(f"sharing direction {direction!r} is not 'paper' or 'code'")
+        weights = (n_policy - index) / n_policy
+    elif direction == "code":
+        weights = (index + 1) / n_policy
+    else:
+        raise ValueError(f"sharing direction {direction!r} is not 'paper' or 'code'")
+    return torch.cat([torch.zeros(n_stem), weights])
 
 
 def sharing_loss(logits: Tensor, weights: Tensor) -> Tensor:
@@ -204,14 +217,18 @@ def sparsity_loss(logits: Tensor, n_unlocked: int) -> Tensor:
 
 
 def skip_counts(plan: Plan) -> dict[str, float]:
-    """``skipped.<task>``: blocks each task skips; ``reproduces_shared_bottom``: 1 when nothing is skipped.
+    """``skipped.<task>``: blocks each task skips; ``reproduces_shared_bottom``: 1 when nothing is
+    skipped; ``fully_shared``: 1 when every task follows the same policy.
 
     AdaShare's weights are shared (node 0 everywhere), so a plan without skips
-    is shared-bottom exactly.
+    is shared-bottom exactly, and one where every task skips the same blocks
+    is a shallower shared-bottom (``fully_shared`` but not
+    ``reproduces_shared_bottom``).
     """
     counts = {f"skipped.{t}": float(plan.nodes[t].count(None)) for t in plan.tasks}
     shared = Plan.shared_bottom(plan.tasks, plan.blocks)
-    return {**counts, "reproduces_shared_bottom": float(plan == shared)}
+    same = len({plan.nodes[t] for t in plan.tasks}) == 1
+    return {**counts, "reproduces_shared_bottom": float(plan == shared), "fully_shared": float(same)}
 
 
 class AdaShareSupernet(nn.Module):
@@ -432,6 +449,7 @@ class AdaShare(Method):
     """Learned per-task select-or-skip policies over shared weights; not budget-aware."""
 
     name = "adashare"
+    version = 2  # the sharing term's block weights count only the policy blocks, as the reference's (not the stem)
     budget_aware = False
     tags = frozenset({"search", "skips", "stochastic"})
     options = {
@@ -461,10 +479,18 @@ class AdaShare(Method):
                                 low=0, high=100_000),
     }
 
+    def check(self) -> None:
+        p = self.params
+        if p["search_epochs"] and p["policy_phases"]:
+            raise OptionError(
+                f"{self.owner}: search_epochs={p['search_epochs']} and policy_phases={p['policy_phases']} both set "
+                "the search's length; give one of them (the other 0)"
+            )
+
     def search_length(self, protocol_epochs: int) -> tuple[int, int]:
         """(search epochs, warm-up epochs): from search_epochs, policy_phases or epoch_factor."""
         p = self.params
-        if p["search_epochs"] == 0 and p["policy_phases"]:
+        if p["policy_phases"]:
             warmup = int(round(p["policy_phases"] * p["warmup_fraction"] / (1 - p["warmup_fraction"])))
             return p["policy_phases"] + warmup, warmup
         epochs = p["search_epochs"] or max(1, round(protocol_epochs * p["epoch_factor"]))
@@ -489,7 +515,7 @@ class AdaShare(Method):
         net = AdaShareSupernet(bench, n_stem=0 if p["skip_first_block"] else 1)
         epochs, warmup = self.search_length(bench.protocol.epochs)
         protocol = bench.protocol.replace(early_stopping=0, epochs=epochs)
-        weights = sharing_weights(net.n_blocks, p["sharing_direction"])
+        weights = sharing_weights(net.n_learnable, p["sharing_direction"], n_stem=net.n_stem)
 
         def task_loss(model: AdaShareSupernet, x: Tensor, y: dict[str, Tensor]):
             return multitask_loss(model.tasks, model(x), y)
@@ -534,12 +560,10 @@ class AdaShare(Method):
             "curriculum_complete": complete,
             "samples": scores,
         })
-        n_train = len(bench.splits["train"])
-        steps = math.ceil(round(n_train * (1 - p["holdout_fraction"])) / protocol.batch_size)
         cost = {
             "supernet_epochs": fit.epochs_run,
-            "supernet_steps": fit.epochs_run * steps,
-            "policy_steps": max(0, fit.epochs_run - warmup) * steps,
+            "supernet_steps": fit.steps.get("weights", 0),  # the warm-up's on the whole split, then on its part
+            "policy_steps": fit.steps.get("policy", 0),
             "samples_scored": len(scores),
             "curriculum_complete": float(complete),
             "skip_fraction": sum(plan.nodes[t].count(None) for t in plan.tasks) / (len(plan.tasks) * plan.n_blocks),

@@ -7,17 +7,30 @@ difference to the method therefore isolates the choice of grouping from the
 network's size and shape:
 
 * ``permuted_tree``: the source's plan with its task labels permuted by a
-  seeded random permutation that changes the plan (each task takes another
-  task's path). It has exactly the source's parameters, FLOPs and shape. A
-  plan that no permutation changes (shared-bottom, independent networks, any
-  plan whose every block is shared by all tasks or by none) has no such
-  control: the cell fails with :class:`UndefinedControl` (failure kind
-  ``undefined``, tag ``bb.control_undefined``), which reports count as
-  "undefined", not as a failure of the method.
+  seeded random permutation that changes the partition (each task takes
+  another task's path, and at some block the groups of tasks sharing an
+  activation differ from the source's). It has exactly the source's
+  parameters, FLOPs and shape. A plan whose partitions no permutation changes
+  (shared-bottom, independent networks, any plan whose every block is shared
+  by all tasks or by none, or whose tasks differ only in skipping rather than
+  branching) has no such control: the cell fails with
+  :class:`UndefinedControl` (failure kind ``undefined``, tag
+  ``bb.control_undefined``), which reports count as "undefined", not as a
+  failure of the method.
 * ``random_policy`` (for select-or-skip methods, AdaShare): every task keeps
   the number of blocks it skips in the source's plan, at blocks drawn at
-  random (seeded). Undefined when each task skips none or all of the
-  skippable blocks (only one such policy exists: the source's own).
+  random (seeded), and a draw equal to the source's plan is drawn again
+  (``policy_draws``). Undefined when each task skips none or all of the
+  skippable blocks (only one such policy exists: the source's own). It matches
+  the number of skips per task only, not the parameters or FLOPs: which
+  blocks some task runs, and which activations tasks share, change with the
+  draw.
+
+Seeds: a control draws from a generator seeded by its kind and the cell's
+training seed. The data seed enters through the source's plan, which the draw
+is conditioned on (a draw is kept only when it differs from that plan); two
+cells with the same training seed and the same source plan get the same
+control.
 
 Declaring one in a sweep config (the source's name, its registered kind when
 the name is a labelled variant, and its options as JSON, exactly as the
@@ -58,17 +71,26 @@ class UndefinedControl(PlanError):
 
 
 # ------------------------------------------------------------------ permuted
-def permutation_invariant(plan: Plan) -> bool:
-    """Whether every permutation of the task labels leaves ``plan`` unchanged (up to node relabelling).
+def partitions(plan: Plan) -> tuple[frozenset[frozenset[str]], ...]:
+    """Each block's partition of the tasks by shared activation."""
+    return tuple(frozenset(plan.partition(level)) for level in range(plan.n_blocks))
 
-    Transpositions generate every permutation, so it is enough that none
-    changes the plan. True for shared-bottom and independent networks, and
-    for any plan whose every block is shared by all tasks or by none.
+
+def permutation_invariant(plan: Plan) -> bool:
+    """Whether every permutation of the task labels leaves every block's partition of ``plan`` unchanged.
+
+    The permutations that keep the partitions form a group, and transpositions
+    generate every permutation, so it is enough that none changes them. True
+    for shared-bottom and independent networks, for any plan whose every block
+    is shared by all tasks or by none, and for plans whose tasks differ only in
+    skips that no swap regroups (two tasks, one skipping a block: swapping
+    them changes the plan, not who shares with whom).
     """
     tasks = list(plan.tasks)
+    source = partitions(plan)
     for i, a in enumerate(tasks):
         for b in tasks[i + 1 :]:
-            if relabel(plan, {**{t: t for t in tasks}, a: b, b: a}) != plan:
+            if partitions(relabel(plan, {**{t: t for t in tasks}, a: b, b: a})) != source:
                 return False
     return True
 
@@ -79,28 +101,30 @@ def relabel(plan: Plan, mapping: dict[str, str]) -> Plan:
 
 
 def permute_plan(plan: Plan, rng: random.Random) -> tuple[Plan, dict[str, str], int]:
-    """A uniformly random task permutation among those that change ``plan``; (plan, mapping, draws).
+    """A uniformly random task permutation among those that change a partition of ``plan``; (plan, mapping, draws).
 
-    Rejection sampling (each draw a uniform permutation, kept when the plan
-    changes) is uniform over the changing permutations. Raises
-    :class:`UndefinedControl` when none changes it.
+    Rejection sampling (each draw a uniform permutation, kept when some
+    block's partition changes) is uniform over those permutations. Raises
+    :class:`UndefinedControl` when none changes a partition.
     """
     if permutation_invariant(plan):
         raise UndefinedControl(
-            "permuted_tree: no permutation of the task labels changes the source's plan (at every block all "
-            "tasks share, or none do: e.g. shared-bottom or independent networks), so it has no permuted "
-            "control; the control is undefined for this cell"
+            "permuted_tree: no permutation of the task labels changes which tasks share at any block of the "
+            "source's plan (at every block all tasks share, or none do: e.g. shared-bottom or independent "
+            "networks; or its tasks differ only in skips), so it has no permuted control; the control is "
+            "undefined for this cell"
         )
     tasks = list(plan.tasks)
+    source = partitions(plan)
     for draw in range(1, MAX_DRAWS + 1):
         order = tasks[:]
         rng.shuffle(order)
         mapping = dict(zip(tasks, order, strict=True))
         permuted = relabel(plan, mapping)
-        if permuted != plan:
+        if partitions(permuted) != source:
             return permuted, mapping, draw
-    raise UndefinedControl(  # pragma: no cover - each draw changes a non-invariant plan with probability >= 1/2
-        f"permuted_tree: no changing permutation in {MAX_DRAWS} draws"
+    raise UndefinedControl(  # pragma: no cover - the keeping permutations are a proper subgroup: at most half
+        f"permuted_tree: no permutation changing a partition in {MAX_DRAWS} draws"
     )
 
 
@@ -112,12 +136,15 @@ def skippable_blocks(plan: Plan, stem: int) -> list[int]:
     return list(range(first, plan.n_blocks))
 
 
-def random_policy(plan: Plan, rng: random.Random, stem: int = 1) -> tuple[Plan, dict[str, int]]:
-    """Select-or-skip over shared weights with each task's number of skips kept; (plan, skips per task).
+def random_policy(plan: Plan, rng: random.Random, stem: int = 1) -> tuple[Plan, dict[str, int], int]:
+    """Select-or-skip over shared weights with each task's number of skips kept, other than ``plan``;
+    (plan, skips per task, draws).
 
-    Raises :class:`UndefinedControl` when each task skips none or all of the
-    skippable blocks, and :class:`PlanError` when the source is not a
-    select-or-skip plan (it uses two sets of weights at a block).
+    Each task's skipped blocks are drawn uniformly; a draw equal to ``plan`` is
+    drawn again (rejection sampling: uniform over the other policies). Raises
+    :class:`UndefinedControl` when each task skips none or all of the
+    skippable blocks (no other policy exists), and :class:`PlanError` when the
+    source is not a select-or-skip plan (it uses two sets of weights at a block).
     """
     for level, block in enumerate(plan.blocks):
         if len(plan.nodes_used(level)) > 1:
@@ -134,11 +161,17 @@ def random_policy(plan: Plan, rng: random.Random, stem: int = 1) -> tuple[Plan, 
             "blocks, so the only policy with its numbers of skips is the source's own; the control is undefined "
             "for this cell"
         )
-    nodes = {}
-    for task in plan.tasks:
-        skipped = set(rng.sample(eligible, skips[task]))
-        nodes[task] = [None if level in skipped else 0 for level in range(plan.n_blocks)]
-    return Plan(plan.tasks, plan.blocks, nodes), skips
+    for draw in range(1, MAX_DRAWS + 1):
+        nodes = {}
+        for task in plan.tasks:
+            skipped = set(rng.sample(eligible, skips[task]))
+            nodes[task] = [None if level in skipped else 0 for level in range(plan.n_blocks)]
+        drawn = Plan(plan.tasks, plan.blocks, nodes)
+        if drawn != plan:
+            return drawn, skips, draw
+    raise UndefinedControl(  # pragma: no cover - a draw equals the source with probability at most 1/2
+        f"random_policy: no policy other than the source's in {MAX_DRAWS} draws"
+    )
 
 
 # ------------------------------------------------------------------ methods
@@ -207,6 +240,7 @@ class PermutedTree(_Control):
     """The source's plan with its task labels permuted: same parameters, FLOPs and shape."""
 
     name = "permuted_tree"
+    version = 2  # a draw must change some block's partition, not only the plan (they differ only with skips)
     tags = frozenset({"needs_reference", "control", "stochastic"})
     check_options = _kit_options({"t0": [0, 0, 0], "t1": [0, 0, 0], "t2": [0, 0, 1], "t3": [0, 0, 1]})
 
@@ -224,6 +258,7 @@ class RandomPolicy(_Control):
     """A random select-or-skip policy with each task's number of skips in the source's plan."""
 
     name = "random_policy"
+    version = 2  # a draw equal to the source's own plan is drawn again
     tags = frozenset({"needs_reference", "control", "stochastic", "skips"})
     check_options = _kit_options({"t0": [0, None, 0], "t1": [0, 0, None], "t2": [0, 0, 0], "t3": [0, None, None]})
 
@@ -234,6 +269,6 @@ class RandomPolicy(_Control):
     def search(self, bench, budget, ctx) -> SearchResult:
         del budget  # not used: the policy keeps the source's skips per task
         plan = self.source_plan(bench, ctx)
-        drawn, skips = random_policy(plan, random.Random(f"random_policy-{ctx.seed}"), self.stem())
-        return SearchResult(drawn, cost={"skips": float(sum(skips.values()))},
+        drawn, skips, draws = random_policy(plan, random.Random(f"random_policy-{ctx.seed}"), self.stem())
+        return SearchResult(drawn, cost={"skips": float(sum(skips.values())), "policy_draws": float(draws)},
                             artifacts={"policy.json": {"skips_per_task": skips, "source_plan": plan.to_dict()}})

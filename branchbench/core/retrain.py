@@ -1,9 +1,13 @@
 """Retraining a plan and scoring it: the same code for every method's found architecture.
 
-A plan whose tasks share no weights (independent networks) is selected per
-task: each task keeps the weights of its own best validation epoch, as
-separate single-task training would (:func:`task_owned_keys`), so the
-``independent`` row and the Δm reference are real single-task baselines.
+A plan whose tasks share no weights (independent networks) is trained and
+selected per task, as separate single-task trainings would be
+(:func:`task_owned_keys`; the trainer's module docstring): each task's loss
+unweighted, each task stopping after its own patience and keeping the weights
+of its own best validation epoch, so the ``independent`` row and the Δm
+reference are real single-task baselines. What the tasks still share is the
+run: the same batches in the same order, one divergence check (a diverging
+task fails them all) and one time limit (which stops them all at once).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def retrain(
 ) -> Retrained:
     """Train ``plan`` from scratch (or from ``init_state``), select on val, score val and test.
 
-    Selection is per task where the tasks share no weights (:func:`task_owned_keys`).
+    Training and selection are per task where the tasks share no weights (:func:`task_owned_keys`).
     """
     net = build_net(bench, plan, seed, trainer.device)
     if init_state is not None:

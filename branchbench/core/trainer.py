@@ -21,10 +21,19 @@ never looked at), checkpoints after every epoch so a resumed run ends exactly
 like an uninterrupted one, NaN/divergence detection that fails the run with its
 reason, and an optional time limit.
 
-Networks whose tasks share no weights (independent networks) can be selected
-*per task* (``per_task``): each task keeps the weights of its own best
-validation epoch, as separate single-task training would, and training stops
-when every task has stopped improving.
+Networks whose tasks share no weights (independent networks) can be trained
+and selected *per task* (``per_task``), as separate single-task trainings
+would be: each task's loss enters unweighted (``TaskSpec.loss_weight`` scales
+a task against others, which separate training has none of; under SGD or
+coupled weight decay it would change the task's effective learning rate);
+each task keeps the weights of its own best validation epoch; and once a task
+has gone ``early_stopping`` epochs without improving it *stops*: its selection
+is frozen and its parameters get no more gradients or updates
+(``FitResult.task_steps`` counts the weight steps each task trained), so no
+task is selected at an epoch its own training would never have reached.
+Training ends when every task has stopped. Only the divergence check and the
+time limit act on all tasks together: a diverging task fails the whole fit,
+and a time limit stops every task at once.
 
 Compute: a fit counts its optimiser steps and the samples they saw per phase
 (``"weights"`` and each extra optimiser), and measures the training FLOPs per
@@ -34,7 +43,10 @@ multiplications and convolutions; optimiser updates are not counted). A
 phase's FLOPs are that count times the samples it trained on, i.e. the first
 step's FLOPs times the steps when batches are full; steps whose cost differs
 from the first one's (a curriculum, a warm-up that runs other blocks) are
-counted at the first one's.
+counted at the first one's; so, under per-task training, are the steps after
+some tasks have stopped (their backward passes are skipped, their forward
+passes still run): the phase's FLOPs are then an upper bound, and
+``task_steps`` says how long each task trained.
 """
 
 from __future__ import annotations
@@ -178,10 +190,52 @@ class FitResult:
         """Training FLOPs (forward and backward) of every phase; NaN where a phase could not be measured."""
         return float(sum(self.flops_per_sample.get(phase, math.nan) * n for phase, n in self.samples.items() if n))
 
+    task_steps: dict[str, int] = field(default_factory=dict)
+    parts: list[FitResult] = field(default_factory=list)
+
     @property
     def still_improving(self) -> bool:
-        """Whether the selected epoch is the last one run: training ended while validation still improved."""
+        """Whether the selected epoch is the last one run: training ended while validation still improved.
+
+        For a record combining fits run one after another (``parts``,
+        :meth:`combine`): whether any of them did.
+        """
+        if self.parts:
+            return any(part.still_improving for part in self.parts)
         return self.epochs_run > 0 and self.best_epoch == self.epochs_run - 1
+
+    @classmethod
+    def combine(cls, fits: Sequence[FitResult], task_best_epochs: Mapping[str, int] | None = None) -> FitResult:
+        """One record of ``fits`` run one after another (e.g. per-group fine-tuning).
+
+        Epochs, seconds, validation losses, steps and samples add up; each
+        phase's FLOPs per sample is the sample-weighted mean, so :attr:`flops`
+        is the sum of the fits' FLOPs; ``best_epoch`` is the latest of theirs and
+        :attr:`still_improving` holds when it holds for any of them.
+        """
+        steps: dict[str, int] = {}
+        samples: dict[str, int] = {}
+        flops: dict[str, float] = {}
+        for fit in fits:
+            for phase, n in fit.steps.items():
+                steps[phase] = steps.get(phase, 0) + n
+            for phase, n in fit.samples.items():
+                samples[phase] = samples.get(phase, 0) + n
+                if n:
+                    flops[phase] = flops.get(phase, 0.0) + fit.flops_per_sample.get(phase, math.nan) * n
+        return cls(
+            epochs_run=sum(f.epochs_run for f in fits),
+            best_epoch=max((f.best_epoch for f in fits), default=-1),
+            best_val_loss=sum(f.best_val_loss for f in fits),
+            seconds=sum(f.seconds for f in fits),
+            stopped=next((f.stopped for f in fits if f.stopped != "completed"), "completed"),
+            history=[h for f in fits for h in f.history],
+            task_best_epochs=dict(task_best_epochs or {}),
+            steps=steps,
+            samples=samples,
+            flops_per_sample={phase: total / samples[phase] for phase, total in flops.items()},
+            parts=list(fits),
+        )
 
 
 @dataclass
@@ -205,29 +259,44 @@ class TaskSelection:
 
     ``keys`` maps each task to the ``state_dict`` keys only it uses. Each task
     keeps those entries from the epoch of its lowest validation loss
-    (``val_loss.<task>``), and counts its own epochs without improvement.
+    (``val_loss.<task>``) and counts its own epochs without improvement; after
+    ``patience`` of them (0: never) it stops, and its selection no longer changes.
     """
 
-    def __init__(self, keys: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, keys: Mapping[str, Sequence[str]], patience: int = 0) -> None:
         self.keys = {task: list(k) for task, k in keys.items()}
         self.owned = {k for task_keys in self.keys.values() for k in task_keys}
+        self.patience = patience
         self.best = {task: math.inf for task in self.keys}
         self.best_epoch = {task: -1 for task in self.keys}
         self.bad = {task: 0 for task in self.keys}
+        self.stopped_at: dict[str, int] = {}  # task -> weight steps it had trained when it stopped
         self.states: dict[str, dict[str, torch.Tensor]] = {}
 
-    def update(self, model: nn.Module, epoch: int, val_tasks: Mapping[str, float]) -> None:
+    def update(self, model: nn.Module, epoch: int, val_tasks: Mapping[str, float], steps: int) -> list[str]:
+        """Record epoch ``epoch`` (after ``steps`` weight steps); returns the tasks that stop with it."""
         state = model.state_dict()
+        stopping = []
         for task, keys in self.keys.items():
+            if task in self.stopped_at:
+                continue
             if val_tasks[task] < self.best[task] - 1e-12:
                 self.best[task], self.best_epoch[task], self.bad[task] = val_tasks[task], epoch, 0
                 self.states[task] = {k: state[k].detach().clone() for k in keys}
             else:
                 self.bad[task] += 1
+            if self.patience and self.bad[task] >= self.patience:
+                self.stopped_at[task] = steps
+                stopping.append(task)
+        return stopping
 
-    def exhausted(self, patience: int) -> bool:
-        """Every task has gone ``patience`` epochs without improving."""
-        return min(self.bad.values()) >= patience
+    def exhausted(self) -> bool:
+        """Every task has stopped (gone ``patience`` epochs without improving)."""
+        return len(self.stopped_at) == len(self.keys)
+
+    def task_steps(self, steps: int) -> dict[str, int]:
+        """Weight steps each task trained, given the fit's ``steps``."""
+        return {task: self.stopped_at.get(task, steps) for task in self.keys}
 
     def apply(self, model: nn.Module) -> None:
         state = model.state_dict()
@@ -236,11 +305,13 @@ class TaskSelection:
         model.load_state_dict(state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "states": self.states}
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "states": self.states,
+                "stopped_at": self.stopped_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = dict(state["best"]), dict(state["best_epoch"])
         self.bad, self.states = dict(state["bad"]), dict(state["states"])
+        self.stopped_at = dict(state.get("stopped_at", {}))
 
 
 def resolve_amp(amp: str, device: torch.device) -> bool:
@@ -251,6 +322,17 @@ def resolve_amp(amp: str, device: torch.device) -> bool:
 def default_loss(tasks) -> LossFn:
     def loss(model: nn.Module, x: torch.Tensor, y: dict[str, torch.Tensor]):
         return multitask_loss(tasks, model(x), y)
+
+    return loss
+
+
+def unweighted_loss(tasks) -> LossFn:
+    """The sum of the tasks' losses, each with weight 1 (each task as its own single-task training would)."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: dict[str, torch.Tensor]):
+        preds = model(x)
+        per_task = {t.name: t.loss(preds[t.name], y[t.name]) for t in tasks}
+        return sum(per_task.values()), per_task
 
     return loss
 
@@ -381,11 +463,13 @@ class Trainer:
 
         At the end the model holds the weights of its best validation epoch;
         with ``per_task`` (task -> the ``state_dict`` keys only it uses), each
-        task's own weights are those of its own best epoch (:class:`TaskSelection`).
+        task trains on its unweighted loss (the default ``loss_fn`` then), stops
+        on its own, and keeps the weights of its own best epoch
+        (:class:`TaskSelection`, the module docstring).
         """
         p = self.protocol
         start_time = time.perf_counter()
-        loss_fn = loss_fn or default_loss(bench.tasks)
+        loss_fn = loss_fn or (unweighted_loss(bench.tasks) if per_task is not None else default_loss(bench.tasks))
         val_loss_fn = val_loss_fn or loss_fn
         channels_last = self.device.type == "cuda" and getattr(getattr(model, "backbone", None), "convolutional", False)
         model.to(self.device)
@@ -415,8 +499,17 @@ class Trainer:
         fit = FitState(model=model, epochs=p.epochs, steps_per_epoch=steps_per_epoch)
         best_val, best_epoch, bad_epochs = math.inf, -1, 0
         best_state: dict[str, torch.Tensor] | None = None
-        selection = TaskSelection(per_task) if per_task is not None and early_stopping else None
+        selection = TaskSelection(per_task, p.early_stopping) if per_task is not None and early_stopping else None
         kept = (lambda k: k not in selection.owned) if selection is not None else (lambda k: True)
+        frozen: list[nn.Parameter] = []  # parameters of tasks that have stopped (per-task selection)
+
+        def stop_tasks(tasks: Sequence[str]) -> None:
+            """A stopped task's parameters get no more gradients (so no updates) until the fit ends."""
+            keys = {k for task in tasks for k in selection.keys[task]}
+            for name, q in model.named_parameters():
+                if name in keys and q.requires_grad:
+                    q.requires_grad_(False)
+                    frozen.append(q)
         compute = Compute()
         history: list[dict[str, float]] = []
         reference_loss: float | None = None
@@ -443,118 +536,124 @@ class Trainer:
             compute.load_state_dict(saved.get("compute"))
             if selection is not None and saved.get("selection") is not None:
                 selection.load_state_dict(saved["selection"])
+                stop_tasks(list(selection.stopped_at))
         else:
             for hook in hooks:
                 hook.on_fit_start(fit)
 
-        bar = self.progress(p.epochs, f"{self.prefix or 'train'}") if self.progress else None
-        if bar is not None and fit.epoch:
-            bar.update(fit.epoch)
-        while fit.epoch < p.epochs and stopped == "completed":
-            epoch_start = time.perf_counter()
-            model.train()
-            for hook in hooks:
-                hook.on_epoch_start(fit)
-            active = [(e, o) for e, o in zip(extra, extra_opts, strict=True) if fit.epoch >= e.start_epoch]
-            extra_iters = {
-                e.name: self._cycle(holdout if e.data == "holdout" else train, fit.epoch, salt=i + 1,
-                                    targets=bench.target_transform)
-                for i, (e, _) in enumerate(active)
-            }
-            total, count = 0.0, 0
-            for x, y in self._batches(weight_split(fit.epoch), fit.epoch, salt=0, targets=bench.target_transform):
+        try:
+            bar = self.progress(p.epochs, f"{self.prefix or 'train'}") if self.progress else None
+            if bar is not None and fit.epoch:
+                bar.update(fit.epoch)
+            while fit.epoch < p.epochs and stopped == "completed":
+                epoch_start = time.perf_counter()
+                model.train()
                 for hook in hooks:
-                    hook.on_step_start(fit, "weights")
-                loss = self._counted_step(compute, "weights", model, bench, x, y, loss_fn, optimizer, channels_last)
-                schedule.step()
-                self._check_finite(loss, fit)
-                total, count = total + loss, count + 1
+                    hook.on_epoch_start(fit)
+                active = [(e, o) for e, o in zip(extra, extra_opts, strict=True) if fit.epoch >= e.start_epoch]
+                extra_iters = {
+                    e.name: self._cycle(holdout if e.data == "holdout" else train, fit.epoch, salt=i + 1,
+                                        targets=bench.target_transform)
+                    for i, (e, _) in enumerate(active)
+                }
+                total, count = 0.0, 0
+                for x, y in self._batches(weight_split(fit.epoch), fit.epoch, salt=0, targets=bench.target_transform):
+                    for hook in hooks:
+                        hook.on_step_start(fit, "weights")
+                    loss = self._counted_step(compute, "weights", model, bench, x, y, loss_fn, optimizer, channels_last)
+                    schedule.step()
+                    self._check_finite(loss, fit)
+                    total, count = total + loss, count + 1
+                    for hook in hooks:
+                        hook.on_step_end(fit, "weights", loss)
+                    for e, opt in active:
+                        if (fit.step + 1) % e.every == 0:
+                            xb, yb = next(extra_iters[e.name])
+                            for hook in hooks:
+                                hook.on_step_start(fit, e.name)
+                            extra_loss = self._counted_step(compute, e.name, model, bench, xb, yb, e.loss_fn or loss_fn,
+                                                            opt, channels_last)
+                            self._check_finite(extra_loss, fit, e.name)
+                            for hook in hooks:
+                                hook.on_step_end(fit, e.name, extra_loss)
+                    fit.step += 1
+                train_loss = total / max(1, count)
+                if reference_loss is None:
+                    reference_loss = train_loss
+                elif train_loss > p.divergence_factor * max(reference_loss, 1e-8):
+                    raise DivergenceError(
+                        f"training loss {train_loss:.4g} at epoch {fit.epoch} exceeds "
+                        f"{p.divergence_factor:g}x the first epoch's {reference_loss:.4g}: the run diverged; "
+                        "lower the learning rate"
+                    )
+                val_loss, val_tasks = self.evaluate_loss(model, bench, val, val_loss_fn, channels_last)
+                if not math.isfinite(val_loss):
+                    raise DivergenceError(f"validation loss is {val_loss} at epoch {fit.epoch}: the run diverged")
+                logs = {"train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]}
+                logs.update({f"val_loss.{t}": v for t, v in val_tasks.items()})
                 for hook in hooks:
-                    hook.on_step_end(fit, "weights", loss)
-                for e, opt in active:
-                    if (fit.step + 1) % e.every == 0:
-                        xb, yb = next(extra_iters[e.name])
-                        for hook in hooks:
-                            hook.on_step_start(fit, e.name)
-                        extra_loss = self._counted_step(compute, e.name, model, bench, xb, yb, e.loss_fn or loss_fn,
-                                                        opt, channels_last)
-                        self._check_finite(extra_loss, fit, e.name)
-                        for hook in hooks:
-                            hook.on_step_end(fit, e.name, extra_loss)
-                fit.step += 1
-            train_loss = total / max(1, count)
-            if reference_loss is None:
-                reference_loss = train_loss
-            elif train_loss > p.divergence_factor * max(reference_loss, 1e-8):
-                raise DivergenceError(
-                    f"training loss {train_loss:.4g} at epoch {fit.epoch} exceeds "
-                    f"{p.divergence_factor:g}x the first epoch's {reference_loss:.4g}: the run diverged; "
-                    "lower the learning rate"
-                )
-            val_loss, val_tasks = self.evaluate_loss(model, bench, val, val_loss_fn, channels_last)
-            if not math.isfinite(val_loss):
-                raise DivergenceError(f"validation loss is {val_loss} at epoch {fit.epoch}: the run diverged")
-            logs = {"train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]}
-            logs.update({f"val_loss.{t}": v for t, v in val_tasks.items()})
-            for hook in hooks:
-                hook.on_epoch_end(fit, logs)
-            logs["epoch_seconds"] = time.perf_counter() - epoch_start
-            history.append({"epoch": fit.epoch, **logs})
-            if self.log is not None:
-                self.log({f"{self.prefix}{k}": v for k, v in logs.items()}, fit.epoch)
+                    hook.on_epoch_end(fit, logs)
+                logs["epoch_seconds"] = time.perf_counter() - epoch_start
+                history.append({"epoch": fit.epoch, **logs})
+                if self.log is not None:
+                    self.log({f"{self.prefix}{k}": v for k, v in logs.items()}, fit.epoch)
 
-            if val_loss < best_val - 1e-12:
-                best_val, best_epoch, bad_epochs = val_loss, fit.epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if kept(k)}
-            else:
-                bad_epochs += 1
-            if selection is not None:
-                selection.update(model, fit.epoch, val_tasks)
-            fit.epoch += 1
+                if val_loss < best_val - 1e-12:
+                    best_val, best_epoch, bad_epochs = val_loss, fit.epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if kept(k)}
+                else:
+                    bad_epochs += 1
+                if selection is not None:
+                    stop_tasks(selection.update(model, fit.epoch, val_tasks, compute.steps.get("weights", 0)))
+                fit.epoch += 1
+                if bar is not None:
+                    bar.update(1)
+                exhausted = selection.exhausted() if selection is not None else bad_epochs >= p.early_stopping
+                if early_stopping and p.early_stopping and exhausted:
+                    stopped = "early_stopping"
+                elif p.max_seconds is not None and elapsed_before + time.perf_counter() - start_time > p.max_seconds:
+                    stopped = "time_limit"
+                elif fit.stop:
+                    stopped = "hook"
+                if self.checkpointer is not None:
+                    self.checkpointer.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                            "extra": [o.state_dict() for o in extra_opts],
+                            "hooks": [h.state_dict() for h in hooks],
+                            "rng_cpu": torch.get_rng_state(),
+                            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                            "epoch": fit.epoch,
+                            "step": fit.step,
+                            "best_val": best_val,
+                            "best_epoch": best_epoch,
+                            "bad_epochs": bad_epochs,
+                            "best_state": best_state,
+                            "history": history,
+                            "reference_loss": reference_loss,
+                            "elapsed": elapsed_before + time.perf_counter() - start_time,
+                            "stopped": stopped,
+                            "compute": compute.state_dict(),
+                            "selection": selection.state_dict() if selection is not None else None,
+                        }
+                    )
             if bar is not None:
-                bar.update(1)
-            exhausted = selection.exhausted(p.early_stopping) if selection is not None else bad_epochs >= p.early_stopping
-            if early_stopping and p.early_stopping and exhausted:
-                stopped = "early_stopping"
-            elif p.max_seconds is not None and elapsed_before + time.perf_counter() - start_time > p.max_seconds:
-                stopped = "time_limit"
-            elif fit.stop:
-                stopped = "hook"
-            if self.checkpointer is not None:
-                self.checkpointer.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "extra": [o.state_dict() for o in extra_opts],
-                        "hooks": [h.state_dict() for h in hooks],
-                        "rng_cpu": torch.get_rng_state(),
-                        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                        "epoch": fit.epoch,
-                        "step": fit.step,
-                        "best_val": best_val,
-                        "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs,
-                        "best_state": best_state,
-                        "history": history,
-                        "reference_loss": reference_loss,
-                        "elapsed": elapsed_before + time.perf_counter() - start_time,
-                        "stopped": stopped,
-                        "compute": compute.state_dict(),
-                        "selection": selection.state_dict() if selection is not None else None,
-                    }
-                )
-        if bar is not None:
-            bar.close()
+                bar.close()
+        finally:
+            for q in frozen:  # stopped tasks' parameters train again in a later fit
+                q.requires_grad_(True)
         if early_stopping and best_state is not None:
             model.load_state_dict(best_state, strict=selection is None)
         task_best_epochs: dict[str, int] = {}
+        task_steps: dict[str, int] = {}
         if selection is not None:
             selection.apply(model)
             task_best_epochs = dict(selection.best_epoch)
+            task_steps = selection.task_steps(compute.steps.get("weights", 0))
             best_epoch = max(task_best_epochs.values())
-            weights = {t.name: t.loss_weight for t in bench.tasks}
-            best_val = sum(weights.get(t, 1.0) * v for t, v in selection.best.items())
+            best_val = sum(selection.best.values())  # unweighted, as the tasks trained
         result = FitResult(
             epochs_run=fit.epoch,
             best_epoch=best_epoch,
@@ -566,6 +665,7 @@ class Trainer:
             steps=dict(compute.steps),
             samples=dict(compute.samples),
             flops_per_sample=dict(compute.flops_per_sample),
+            task_steps=task_steps,
         )
         if self.on_fit_end is not None:
             self.on_fit_end(result)

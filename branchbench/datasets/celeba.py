@@ -98,8 +98,9 @@ show it.
 * early stopping on the summed validation loss of all tasks with patience 10,
   the best weights restored (TAG ``EARLY_STOP = 11``: stop when the epoch 10
   epochs back beats each later one, reload it). DMTG trains all 100 epochs and
-  keeps the checkpoint whose validation error and training loss both improved
-  (``train.py`` lines 241, 304-307).
+  keeps the checkpoint whose validation loss (the hard-assignment loss, not
+  the error: its CelebA configs set ``is_classify`` False) and training loss
+  both improved (``train.py`` lines 241, 304-307).
 
 These are the protocol's keys: ``optimizer="sgd", lr=5e-4, momentum=0.9,
 nesterov=False`` (TAG: "DO NOT apply Nesterov"), ``batch_size=256,

@@ -54,9 +54,12 @@ Two searches:
 A *probe* chain (e.g. the true tree, on data with known groups) can be handed to
 either search; it never changes what the search chooses, and the outcome says
 how many of the distinct trees the search scored order before it
-(:attr:`SearchOutcome.probe_rank` = that count + 1). Exact enumeration scores
+(:attr:`SearchOutcome.probe_rank` = that count + 1) and whether it scored the
+probe itself (:attr:`SearchOutcome.probe_scored`). Exact enumeration scores
 every admissible tree, so there the rank is exact; a beam search scores some of
-them, so the rank is among those (at most the exact rank).
+them, so the rank is among those (at most the exact rank: 1 means that no tree
+the search scored beats the probe, not that the probe was chosen, which needs
+the beam to have reached it).
 """
 
 from __future__ import annotations
@@ -130,7 +133,8 @@ class SearchOutcome:
     """The best tree, the ``top`` best (best first) and how many distinct trees were scored.
 
     ``probe_rank``: 1 + the number of scored trees that order before the probe
-    chain (None without a probe).
+    chain; ``probe_scored``: whether the search scored the probe chain itself
+    (both None without a probe).
     """
 
     best: Candidate
@@ -138,6 +142,7 @@ class SearchOutcome:
     evaluated: int
     search: str
     probe_rank: int | None = None
+    probe_scored: bool | None = None
 
 
 class TreeProblem:
@@ -347,7 +352,8 @@ class _TopK:
     def outcome(self, search: str) -> SearchOutcome:
         self._trim()
         rank = None if self.probe is None else self.before_probe + 1
-        return SearchOutcome(self.items[0], list(self.items), len(self.seen), search, rank)
+        scored = None if self.probe is None else self.probe[2] in self.seen  # a key ends with its chain
+        return SearchOutcome(self.items[0], list(self.items), len(self.seen), search, rank, scored)
 
 
 def _probe_key(problem: TreeProblem, probe: Chain | None) -> tuple | None:

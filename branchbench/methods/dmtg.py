@@ -101,9 +101,10 @@ config names); we assume the best-validation-loss checkpoint of the search
 (our trainer's selection, training loss not required to improve) is the one to
 prune. (6) One-shot versus retraining: the paper's point is that groups and
 weights are learned together in one shot, and the reference's test config
-then fine-tunes the pruned model group by group (``FineTuningGroup``: one set
-of parameters per group, the stem frozen with BatchNorm in eval mode, the
-group's tasks' losses unweighted). By suite policy the cell retrains the
+evaluates a model fine-tuned group by group (``FineTuningGroup``: one set of
+parameters per group, the stem frozen with BatchNorm in eval mode, the
+group's tasks' losses unweighted) by code it does not publish (``test.py``
+loads the pickled, already fine-tuned ``FineTuningGroup``). By suite policy the cell retrains the
 pruned plan from scratch; fine-tuning is opt-in and tagged, jointly by default
 (``finetune_mode="joint"``: all weights, stem included, the usual task loss)
 or the reference's way (``"per_group"``, above, with the protocol's epochs and
@@ -116,7 +117,9 @@ number of tasks, so that DMTG is compared at equal size; with the default
 empty stem a branch is the whole backbone, any budget under 2x shared-bottom
 gives K = 1, whose only tree is shared-bottom, and the search is then skipped
 at no cost (reported as ``search_skipped``). The stem is empty by default, as
-in the reference's CelebA config (its Taskonomy config shares 6 layers); on
+in the reference's CelebA configs that its README trains (its ``_shared``
+variants, ``*_groups_9_tasks_shared.yaml``, share the first conv stage, a
+``resnet_base`` stem; its Taskonomy config shares 6 layers); on
 the default synthetic data an empty stem recovered the grouping more often
 than a one-block stem (ARI ~0.5 vs ~0.25 over 5 seeds, measured when the
 default was ``logit_lr_mult=10``).
@@ -168,7 +171,7 @@ from branchbench.core.options import Space
 from branchbench.core.plan import Plan
 from branchbench.core.retrain import Retrained, build_net, evaluate_net, retrain
 from branchbench.core.tasks import TaskSpec
-from branchbench.core.trainer import FitResult, FitState, Hook, Trainer
+from branchbench.core.trainer import FitResult, FitState, Hook, Trainer, unweighted_loss
 
 REFERENCE_MILESTONES = (0.15, 0.30, 0.45, 0.60, 0.75, 0.90)  # MultiStepLR milestones 15, 30, ..., 90 of 100 epochs
 REFERENCE_GAMMA = 0.5
@@ -180,9 +183,12 @@ class HalvingTrainer(Trainer):
     DMTG's CelebA config (``base_celeb_a_100_epoches_9_tasks.yaml``) steps
     ``MultiStepLR(milestones=[15, 30, 45, 60, 75, 90], gamma=0.5)`` once per
     epoch of 100; here the milestones are the same fractions of the fit's
-    steps. (The suite's protocols offer cosine, step (/10 at thirds) and
-    constant schedules; this subclass stands in until a protocol's step
-    schedule can halve every k epochs, which can then replace it.)
+    steps, whatever its length. A protocol's own step schedule
+    (``lr_schedule="step", lr_step_epochs=k, lr_gamma=0.5``) halves at epoch
+    ends every k epochs instead: the same milestones only where 15% of the
+    search is a whole number k of epochs (100 epochs, k = 15; the synthetic
+    60, k = 9), so swapping it in would silently change other searches'
+    schedules; the fractions are kept.
     """
 
     @classmethod
@@ -368,13 +374,17 @@ class DMTG(Method):
     """One-shot differentiable task grouping into at most K branches after a shared stem."""
 
     name = "dmtg"
-    version = 2  # the search's optimiser, schedule and length follow the reference (see the docstring)
+    # 2: the search's optimiser, schedule and length follow the reference (see the docstring);
+    # 3: per-group fine-tuning records its groups' steps, FLOPs, per-task best epochs and epoch cap
+    #    (cells logged train.steps = 0 and never hit the cap before)
+    version = 3
     budget_aware = True
     tags = frozenset({"search", "stochastic"})
     options = {
         "k": Option(0, "number of branches K; 0 = the largest K whose tree fits the budget", low=0, high=4096),
         "shared_blocks": Option(
-            0, "blocks in the shared stem before the branches (the reference's CelebA config: 0)", low=0, high=1024),
+            0, "blocks in the shared stem before the branches (the reference's CelebA configs: 0; their _shared "
+            "variants share the first conv stage)", low=0, high=1024),
         "tau": Option(2.5, "Gumbel-softmax temperature (the reference: 2.5 on CelebA)", low=1e-3, high=100.0,
                       tune=Space(0.5, 10.0, log=True)),
         "anneal": Option("constant", "temperature schedule over the search (the reference: constant)",
@@ -571,27 +581,19 @@ class GroupNet(BranchedNet):
         return self
 
 
-def unweighted_loss(tasks: list[TaskSpec]):
-    """The sum of the tasks' losses, each with weight 1 (the reference's ``GroupLoss``)."""
-
-    def loss(model: nn.Module, x: Tensor, y: dict[str, Tensor]):
-        preds = model(x)
-        per_task = {t.name: t.loss(preds[t.name], y[t.name]) for t in tasks}
-        return sum(per_task.values()), per_task
-
-    return loss
-
-
 def finetune_per_group(bench: Benchmark, plan: Plan, init_state: Mapping[str, Tensor], ctx: RunContext,
                        seed: int, frozen_blocks: int) -> Retrained:
     """The reference's per-group fine-tuning of a pruned DMTG network (``FineTuningGroup``).
 
     Starting from ``init_state``, each group (the tasks sharing the last block)
     is trained in turn under the benchmark protocol on its own tasks' unweighted
-    losses, with the first ``frozen_blocks`` blocks frozen in eval mode; each
-    group keeps its own best-validation epoch. Its curves and checkpoints are
-    named ``train_g<j>`` (groups numbered by first task). The returned fit sums
-    the groups' epochs and seconds (``best_epoch``: the latest of theirs).
+    losses (:func:`~branchbench.core.trainer.unweighted_loss`, the reference's
+    ``GroupLoss``), with the first ``frozen_blocks`` blocks frozen in eval mode;
+    each group keeps its own best-validation epoch. Its curves and checkpoints
+    are named ``train_g<j>`` (groups numbered by first task). The returned fit
+    is :meth:`FitResult.combine` of the groups' fits: their epochs, seconds,
+    steps, samples and FLOPs add up, each task's ``task_best_epochs`` entry is
+    its group's best epoch, and it is still improving when any group was.
     """
     net = build_net(bench, plan, seed, ctx.device)
     missing, _ = net.load_state_dict(dict(init_state), strict=False)
@@ -613,14 +615,9 @@ def finetune_per_group(bench: Benchmark, plan: Plan, init_state: Mapping[str, Te
             for q in stem:
                 q.requires_grad_(True)
     trainer = ctx.trainer("train")
-    fit = FitResult(
-        epochs_run=sum(f.epochs_run for f in fits),
-        best_epoch=max(f.best_epoch for f in fits),
-        best_val_loss=sum(f.best_val_loss for f in fits),
-        seconds=sum(f.seconds for f in fits),
-        stopped=next((f.stopped for f in fits if f.stopped != "completed"), "completed"),
-        history=[{**h, "group": float(j)} for j, f in enumerate(fits) for h in f.history],
-    )
+    best = {t.name: fit.best_epoch for tasks, fit in zip(groups, fits, strict=True) for t in tasks}
+    fit = FitResult.combine(fits, task_best_epochs=best)
+    fit.history = [{**h, "group": float(j)} for j, f in enumerate(fits) for h in f.history]
     return Retrained(net=net, fit=fit, metrics=evaluate_net(trainer, net, bench))
 
 
