@@ -395,6 +395,7 @@ def compute_metrics(search_fits: list[FitResult], train_fit: FitResult) -> dict[
         "train.flops": train_fit.flops,
     }
     out.update({f"best_epoch.{task}": float(epoch) for task, epoch in train_fit.task_best_epochs.items()})
+    out.update({f"train.steps.{task}": float(steps) for task, steps in train_fit.task_steps.items()})
     return out
 
 

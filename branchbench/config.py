@@ -332,7 +332,7 @@ def cell_configs(
     explicit_budgets = budgets is not None
     chosen = methods or list(cfg.methods)
     components = {name: cfg.methods[name] for name in chosen}
-    generated = control_components(cfg, chosen, overrides.get("method", {}))
+    generated = control_components(cfg, chosen, overrides.get("method", {}), finetune)
     out = []
     for data_name in datasets or list(cfg.datasets):
         data = cfg.datasets[data_name]
@@ -342,6 +342,7 @@ def cell_configs(
         for data_seed in draws:
             options = dict(data_options) if data_seed is None else {**data_options, "data_seed": data_seed}
             for method_name, method, control in [(n, c, False) for n, c in components.items()] + generated:
+                retrains = control or "control" in get_method_class(method.kind).tags  # controls never fine-tune
                 method_options = dict(method.options) if control else {**method.options, **overrides.get("method", {})}
                 # a --set that changes a tuned option makes the cell no longer the tuned one
                 tuned = method.options == {k: method_options[k] for k in method.options}
@@ -353,7 +354,7 @@ def cell_configs(
                             dataset=data_name, method=method_name, dataset_options=dict(options),
                             method_options=dict(method_options), budget=budget, seed=seed,
                             protocol=dict(protocol),
-                            finetune=False if control else _finetune(finetune, method, cfg),
+                            finetune=False if retrains else _finetune(finetune, method, cfg),
                             dataset_kind=data.kind, method_kind=method.kind,
                             tags=method.tags() if tuned else {},
                         ))
