@@ -50,6 +50,8 @@ EXPERIMENT = "ltb-study"
 DEFAULT = "default"
 SCHEDULES: dict[str, dict] = {
     DEFAULT: {},
+    "v2": {"tau_hold": 0.0},  # version 2's default (annealed from the first search step): the tables' "default (v2)"
+    "hard": {"hard": True},  # straight-through hard Gumbel samples instead of soft ones
     "long": {"epoch_factor": 4.0},  # search length: 4x the protocol's epochs instead of 2.5x
     "hold": {"tau_hold": 0.4},  # tau held at tau_start for 40% of the search, then annealed
     "sampled": {"warmup": "sampled"},  # warm-up on random trees instead of the uniform mixture

@@ -313,6 +313,12 @@ def test_widths_rule_gives_capacity_to_early_branching():
         derive_widths([10, 10, 10], 4, cap=20)
 
 
+def test_a_one_block_backbone_widens_its_block_under_a_cap():
+    assert derive_widths([10], 4, cap=30) == [3]
+    assert derive_widths([10], 4, cap=100) == [4]
+    assert derive_widths([10], 4, cap=10) == [1]
+
+
 def test_explicit_widths_over_the_cap_are_refused(bench):
     with pytest.raises(BudgetError, match="over the cap"):
         LearnToBranch(widths="4,4,4").widths_for(bench, Budget(1.5))
@@ -466,9 +472,10 @@ def _hook_taus(bench, hold: float, warmup_epochs: int = 1, epochs: int = 6, step
 
 
 def test_tau_is_held_at_tau_start_for_the_first_fraction_of_the_search_then_annealed(bench):
-    taus = _hook_taus(bench, hold=0.5)  # 20 search steps: the first 10 (progress <= 0.5) at tau_start
-    assert taus[:11] == pytest.approx([5.0] * 11)
-    assert all(a > b for a, b in zip(taus[10:], taus[11:], strict=False)) and taus[-1] < 0.2
+    taus = _hook_taus(bench, hold=0.5)  # 20 search steps, progress i/19: the first 10 (<= 0.5) at tau_start
+    assert taus[:10] == pytest.approx([5.0] * 10)
+    assert all(a > b for a, b in zip(taus[9:], taus[10:], strict=False))
+    assert taus[-1] == pytest.approx(0.1)  # the last search step reaches tau_end
     plain = _hook_taus(bench, hold=0.0)
     assert plain[0] == pytest.approx(5.0) and plain[1] < 4.9  # no hold: annealed from the first search step
     assert ltb.held_progress(1.0, 0.5) == 1.0 and ltb.held_progress(0.75, 0.5) == 0.5
@@ -477,6 +484,28 @@ def test_tau_is_held_at_tau_start_for_the_first_fraction_of_the_search_then_anne
     LearnToBranch(epochs=6, warmup_epochs=1).search(bench, Budget(None), ctx)
     logged = ctx.curve("search/ltb/tau")
     assert logged[1:3] == pytest.approx([5.0, 5.0]) and logged[3] < 4.9 and logged[-1] < logged[3]
+
+
+def test_with_a_holdout_tau_stays_at_tau_start_through_warm_up_and_ends_at_tau_end(bench):
+    # a 50% holdout: warm-up epochs run 2 steps on the whole train split, search epochs 1 on the rest
+    ctx = LocalContext(bench)
+    LearnToBranch(epochs=6, warmup_epochs=2, tau_hold=0.0, logit_data="holdout", holdout_fraction=0.5).search(
+        bench, Budget(None), ctx)
+    logged = ctx.curve("search/ltb/tau")  # the last step's temperature per epoch
+    assert logged[:3] == pytest.approx([5.0, 5.0, 5.0])  # warm-up, then the first search step
+    assert logged[2] > logged[3] > logged[4] > logged[5] and logged[5] == pytest.approx(0.1)
+
+
+def test_the_temperature_survives_a_resume_from_the_hooks_state(bench):
+    hook = ltb._BranchingHook(_net(bench, [1, 2, 4]), TemperatureSchedule("exponential", 5.0, 0.1), 1, None,
+                              bench.backbone.block_names)
+    fit = ltb.FitState(model=hook.net, epoch=2, step=8, epochs=6, steps_per_epoch=4)
+    for _ in range(5):
+        hook.on_step_start(fit, "weights")
+    again = ltb._BranchingHook(hook.net, hook.schedule, 1, None, bench.backbone.block_names)
+    again.load_state_dict(hook.state_dict())
+    again.on_step_start(fit, "weights")
+    assert again.search_steps == 6 and hook.net.tau == pytest.approx(5.0 * (0.1 / 5.0) ** (5 / 19))
 
 
 class _MixSpy(BranchingSupernet):

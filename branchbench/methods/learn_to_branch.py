@@ -326,7 +326,7 @@ def derive_widths(block_params: Sequence[int], n_tasks: int, cap: float, max_wid
         raise_to(level, width)
     for level in reversed(free):  # leftover: deepest first, never wider than the block below
         raise_to(level, top if level == n - 1 else widths[level + 1])
-    raise_to(0, min(widths[1:]) if n > 1 and min(widths[1:]) == top else 1)
+    raise_to(0, top if n == 1 or min(widths[1:]) == top else 1)  # one block: it is the only one to widen
     return widths
 
 
@@ -753,16 +753,22 @@ class _BranchingHook(Hook):
         self.steps: dict[str, int] = {}
         self.tree: dict[str, list[int]] | None = None  # last epoch's argmax tree (canonical)
         self.tree_since = 0  # the epoch from which the argmax tree has not changed
+        self.search_steps = 0  # weight steps taken after warm-up (the temperature's clock)
         self._evals_at_start = 0
 
     def on_step_start(self, fit: FitState, phase: str) -> None:
         self._evals_at_start = self.net.block_evals
-        total = max(1, (fit.epochs - self.warmup) * fit.steps_per_epoch)
-        done = fit.step - self.warmup * fit.steps_per_epoch
         warming = fit.epoch < self.warmup
+        # the search's own step count, not fit.step: with a holdout, warm-up epochs run on the whole
+        # train split (more steps than fit.steps_per_epoch, which counts the split left after it)
+        index = self.search_steps - 1  # a logit step shares the temperature of the weight step before it
+        if phase == "weights" and not warming:
+            index = self.search_steps
+            self.search_steps += 1
+        last = max(1, (fit.epochs - self.warmup) * fit.steps_per_epoch - 1)  # the last search step: tau_end
         self.net.uniform = warming and self.warmup_kind == "uniform"
         self.net.sample_trees = warming and self.warmup_kind == "sampled"
-        self.net.tau = self.schedule(held_progress(done / total, self.tau_hold))
+        self.net.tau = self.schedule(held_progress(max(0, index) / last, self.tau_hold))
         self.net.phase = self.PHASES.get(phase)
 
     def on_step_end(self, fit: FitState, phase: str, loss: float) -> None:
@@ -786,12 +792,13 @@ class _BranchingHook(Hook):
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "evals": self.evals, "steps": self.steps, "tree": self.tree,
-                "tree_since": self.tree_since}
+                "tree_since": self.tree_since, "search_steps": self.search_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
         self.evals, self.steps = dict(state.get("evals", {})), dict(state.get("steps", {}))
         self.tree, self.tree_since = state.get("tree"), state.get("tree_since", 0)
+        self.search_steps = state.get("search_steps", 0)
 
 
 # --------------------------------------------------------------------- method
@@ -804,7 +811,9 @@ class LearnToBranch(Method):
     # 2: each backward computes only its step's gradients, a single parent is not sampled
     # (other random streams than version 1), eval runs the noiseless relaxation
     # 3: tau held at tau_start for the first 40% of the search (tau_hold=0.4, chosen by the study)
-    version = 3
+    # 4: the temperature counts the search's own steps (with a holdout it annealed during warm-up)
+    #    and reaches tau_end at the last step; a one-block backbone widens its block under a cap
+    version = 4
     options = {
         "widths": Option("auto", "'auto' (from the budget cap) or one node count per block, e.g. '1,3,9,9'"),
         "max_width": Option(0, "largest K_l with widths='auto' (0 = number of tasks)", low=0),
