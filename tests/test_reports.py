@@ -338,3 +338,18 @@ def test_compute_table_shows_steps_flops_reuse_and_epoch_caps():
     assert row["reused (s)"] == "32.00 ± 2.83" and row["reused FLOPs"].startswith("8.00G")
     assert row["at epoch cap"] == "1/2" and row["search at epoch cap"] == "0/2"
     assert tables.compute(frame.drop(columns=["metrics.train.steps"])).empty  # older runs: no table
+
+
+def test_search_diagnostics_count_flags_and_average_the_rest():
+    frame = pd.DataFrame({
+        "run_id": list("abcd"), "method": ["adashare", "adashare", "learn_to_branch", "shared_bottom"],
+        "budget": ["none", "none", "2", "none"], "seed": [0, 1, 0, 0],
+        "metrics.search.reproduces_shared_bottom": [1.0, 0.0, np.nan, np.nan],
+        "metrics.search.commitment": [np.nan, np.nan, 0.8, np.nan],
+    })
+    table = tables.diagnostics(frame)
+    assert list(table.columns) == ["reproduces shared-bottom", "commitment"]
+    assert table.loc[("adashare", "none"), "reproduces shared-bottom"] == "1/2"
+    assert table.loc[("learn_to_branch", "2"), "commitment"] == "0.80"
+    assert ("shared_bottom", "none") not in table.index  # logged nothing: no row
+    assert tables.diagnostics(frame.drop(columns=[c for c in frame if c.startswith("metrics.")])).empty

@@ -213,10 +213,11 @@ def test_report_states_budgets_and_labels_tuned_only_with_equal_trials():
     assert tuning.tuned_label(equal)[0]
     text = "\n".join(tuning.section(equal))
     assert "**tuned**" in text and "- dmtg: 20 trials" in text and "- shared_bottom: baseline" in text
-    for unequal in ({"learn_to_branch": "20", "dmtg": None}, {"learn_to_branch": "20", "dmtg": "10"},
-                    {"learn_to_branch": None, "dmtg": None}):
+    for unequal in ({"learn_to_branch": "20", "dmtg": None}, {"learn_to_branch": "20", "dmtg": "10"}):
         tuned, why = tuning.tuned_label(_runs(unequal))
         assert not tuned and "differ" in why
+    tuned, why = tuning.tuned_label(_runs({"learn_to_branch": None, "dmtg": None}))
+    assert not tuned and "no learned method was tuned" in why
     mixed = pd.concat([_runs({"dmtg": "20"}), _runs({"dmtg": None})])
     assert not tuning.tuned_label(mixed)[0]
     assert "- dmtg: 0 | 20 trials" in "\n".join(tuning.section(mixed))

@@ -94,6 +94,9 @@ def dataset_report(
         numbers = report.published_vs_ours.table
         report.tables["published"] = (numbers, published.format_table(numbers))
 
+    searched = tables.diagnostics(runs)
+    if not searched.empty:
+        report.tables["diagnostics"] = (searched, searched)
     compute = tables.compute(runs)
     if not compute.empty:
         report.tables["compute"] = (compute, tables.format_compute(compute))
@@ -132,6 +135,9 @@ def _markdown(runs: pd.DataFrame, dataset: str, header: Header, report: DatasetR
         parts += published.markdown(report.published_vs_ours, to_markdown(shown[1]) if shown else None)
     parts += tuning.section(runs)
 
+    if "diagnostics" in report.tables:
+        parts += ["## Search diagnostics", "", tables.DIAGNOSTICS_HEADER, "",
+                  to_markdown(report.tables["diagnostics"][1]), ""]
     if "compute" in report.tables:
         parts += ["## Compute and convergence", "", tables.compute_header(), "",
                   to_markdown(report.tables["compute"][1]), ""]

@@ -752,3 +752,55 @@ def protocol(runs: pd.DataFrame) -> dict[str, str]:
     """The training protocol of the runs (``params.protocol.*``; values joined if they differ)."""
     columns = sorted(c for c in runs.columns if c.startswith("params.protocol."))
     return {c[len("params.protocol."):]: " | ".join(sorted({str(v) for v in runs[c].dropna()})) for c in columns}
+
+
+# ---------------------------------------------------------- search diagnostics
+DIAGNOSTICS: dict[str, tuple[str, str]] = {
+    # label -> (metrics column, how: "count" = runs where it is 1, "mean")
+    "reproduces shared-bottom": ("metrics.search.reproduces_shared_bottom", "count"),
+    "fully shared": ("metrics.search.fully_shared", "count"),
+    "skips per task": ("metrics.search.skip_fraction", "mean"),
+    "commitment": ("metrics.search.commitment", "mean"),
+    "min commitment": ("metrics.search.commitment_min", "mean"),
+    "tree fixed from epoch": ("metrics.search.tree_final_epoch", "mean"),
+    "true tree rank": ("metrics.search.true_tree_rank", "mean"),
+    "true tree scored": ("metrics.search.true_tree_scored", "count"),
+    "groups used": ("metrics.search.groups_used", "mean"),
+}
+
+
+def diagnostics(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, budget): what its searches did, from the ``search.*`` metrics they logged.
+
+    A count column is ``k/n``: runs where the flag is 1 (e.g. AdaShare's
+    policy reproducing shared-bottom) over runs that logged it; a mean column
+    is the mean over runs. Rows and columns with nothing logged are left out.
+    """
+    runs = _keyed(runs)
+    present = {label: spec for label, spec in DIAGNOSTICS.items() if spec[0] in runs and runs[spec[0]].notna().any()}
+    rows = []
+    for (method, budget), group in runs.groupby(["label", "budget"], sort=False):
+        row: dict[str, Any] = {}
+        for label, (column, how) in present.items():
+            values = group[column].dropna()
+            if values.empty:
+                continue
+            row[label] = f"{int((values == 1).sum())}/{len(values)}" if how == "count" else f"{values.mean():.2f}"
+        if row:
+            rows.append({"method": method, "budget": budget, **row})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index(["method", "budget"])
+    return table[[label for label in present if label in table]].fillna("–")
+
+
+DIAGNOSTICS_HEADER = (
+    "What each search did (from its logged search metrics; k/n: runs with the flag over runs that logged it): "
+    "reproduces shared-bottom / fully shared: AdaShare's final policy skips nothing / every task follows one "
+    "policy (then the learned plan is a shared network); skips per task: fraction of blocks skipped; "
+    "commitment: mean (min) top-parent probability at the end of search (Learn-to-Branch), or the mean largest "
+    "assignment probability (DMTG); tree fixed from epoch: the epoch from which Learn-to-Branch's argmax tree "
+    "stopped changing; true tree rank: the rank of the true tree under Vandenhende's cost among the trees the "
+    "search scored (1 = no scored tree beats it; reported, never used to choose); groups used: DMTG's branches "
+    "that kept a task."
+)

@@ -43,6 +43,8 @@ def tuned_label(runs: pd.DataFrame) -> tuple[bool, str]:
     shown = ", ".join(f"{m} {' | '.join(map(str, t))}" for m, t in learned.items())
     if len(budgets) == 1 and len(next(iter(budgets))) == 1 and next(iter(budgets))[0] > 0:
         return True, f"every learned method had {next(iter(budgets))[0]} tuning trials ({shown})"
+    if budgets == {(0,)}:
+        return False, f"no learned method was tuned: each ran with the config's own options ({shown} trials)"
     return False, f"the learned methods' tuning budgets differ ({shown} trials; 0 = the config's own options)"
 
 
