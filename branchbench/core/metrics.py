@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping, Sequence
 
 import torch
-from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from branchbench.core import dense
@@ -106,6 +105,10 @@ def grouping_scores(plan: Plan, truth: Sequence[frozenset[str]]) -> dict[str, fl
     precision means groups merged, low recall groups fragmented; each is left
     out where it is undefined (no pair shares, or no true group has two tasks).
     """
+    from sklearn.metrics import (
+        adjusted_rand_score,  # here, not at import: the CLI lists methods fast
+    )
+
     truth_label = {task: i for i, group in enumerate(truth) for task in group}
     order = list(plan.tasks)
     y_true = [truth_label[t] for t in order]

@@ -28,7 +28,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn import metrics as skm
 
 from branchbench.core import dense
 from branchbench.core.dense import DENSE_KINDS, IGNORE_INDEX
@@ -187,6 +186,8 @@ class TaskSpec:
         """All metrics of this task on a whole split (sklearn's implementations; dense: one batch's stats)."""
         if self.dense:
             return self.score_stats(self.batch_stats(prediction, target))
+        from sklearn import metrics as skm  # here, not at import: listing methods stays fast
+
         pred = prediction.detach().float().cpu()
         y = target.detach().cpu().numpy()
         if self.kind == "binary":

@@ -138,12 +138,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from scipy.stats import rankdata
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -181,6 +179,8 @@ def rsa_affinity(rdms: list[np.ndarray]) -> np.ndarray:
     k = rdms[0].shape[0]
     if k < 3:
         raise ValueError(f"RSA needs at least 3 samples (got {k}); an RDM of 2 has one entry")
+    from scipy.stats import rankdata  # here, not at import: listing methods stays fast
+
     upper = np.triu_indices(k, 1)
     ranks = np.stack([rankdata(r[upper]) for r in rdms])
     ranks -= ranks.mean(axis=1, keepdims=True)
@@ -272,6 +272,10 @@ def task_affinities(
                 chunks[task].append(_flatten(feat, max_dim))
         out.append(rsa_affinity([rdm(torch.cat(chunks[t])) for t in net.task_names]))
     return np.stack(out)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
 class BranchedAffinity(Method):
@@ -395,6 +399,8 @@ class BranchedAffinity(Method):
         points: Sequence[int],
         cost: dict[str, float],
     ) -> dict[str, Any]:
+        import pandas as pd
+
         names = bench.task_names
         labels = [bench.backbone.block_names[level] for level in points]
         shared = bench.backbone.shared_bottom_params
