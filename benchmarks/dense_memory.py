@@ -8,7 +8,8 @@ classes, normals, depth, keypoints, edges) on
 trainer does (bf16 autocast and channels_last on CUDA, Adam, the summed task
 losses; the first step also allocates Adam's state)::
 
-    python benchmarks/dense_memory.py                        # 224 px, batch 16 (AdaShare's Taskonomy crop and batch)
+    python benchmarks/dense_memory.py                        # configs/taskonomy.toml: DeepLab ResNet-34, 256 px, batch 16
+    python benchmarks/dense_memory.py --backbone dense       # the light residual encoder of the small configs
     python benchmarks/dense_memory.py --size 32 --batch 4    # a quick CPU check
     python benchmarks/dense_memory.py --device cuda
 
@@ -44,9 +45,11 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(plan_name: str, size: int, batch: int, channels: tuple[int, ...], device: str) -> dict[str, float]:
+def measure(plan_name: str, size: int, batch: int, channels: tuple[int, ...], device: str,
+            backbone_name: str = "deeplab") -> dict[str, float]:
     """One training step of ``plan_name``; memory figures in MiB."""
     from branchbench.core.backbones import dense_backbone
+    from branchbench.core.deeplab import deeplab_resnet34_backbone
     from branchbench.core.dense import TASKONOMY_SEG_CLASSES
     from branchbench.core.net import BranchedNet
     from branchbench.core.plan import Plan
@@ -61,7 +64,10 @@ def measure(plan_name: str, size: int, batch: int, channels: tuple[int, ...], de
         TaskSpec("keypoints", "keypoints"),
         TaskSpec("edges", "edges"),
     ]
-    backbone = dense_backbone(3, size, channels=channels)
+    if backbone_name == "deeplab":  # the Taskonomy protocol's default (AdaShare's network)
+        backbone = deeplab_resnet34_backbone(size)
+    else:
+        backbone = dense_backbone(3, size, channels=channels)
     names = [t.name for t in tasks]
     plan = getattr(Plan, plan_name)(names, backbone.block_names)
     net = BranchedNet(plan, backbone, tasks, device=dev)
@@ -98,7 +104,7 @@ def measure(plan_name: str, size: int, batch: int, channels: tuple[int, ...], de
     tracemalloc.stop()
     peak = _peak_rss_mib()
     out = {
-        "plan": plan_name, "size": size, "batch": batch, "params": net.param_count(),
+        "plan": plan_name, "backbone": backbone_name, "size": size, "batch": batch, "params": net.param_count(),
         "loss": float(loss), "rss_before": before, "rss_peak": peak, "step_extra": peak - before,
         "py_peak": py_peak / MIB,
     }
@@ -109,7 +115,9 @@ def measure(plan_name: str, size: int, batch: int, channels: tuple[int, ...], de
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224, help="image side in pixels (AdaShare's Taskonomy crop: 224)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (configs/taskonomy.toml: 256)")
+    parser.add_argument("--backbone", default="deeplab", choices=["deeplab", "dense"],
+                        help="deeplab: the Taskonomy protocol's DeepLab ResNet-34; dense: the light encoder")
     parser.add_argument("--batch", type=int, default=16, help="batch size (AdaShare's Taskonomy batch: 16)")
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256], help="encoder widths")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -119,19 +127,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one, args.size, args.batch, tuple(args.channels), args.device)))
+        print(json.dumps(measure(args.one, args.size, args.batch, tuple(args.channels), args.device, args.backbone)))
         return
     rows = []
     for plan in args.plans:
         command = [sys.executable, __file__, "--one", plan, "--size", str(args.size), "--batch", str(args.batch),
-                   "--device", args.device, "--threads", str(args.threads), "--channels", *map(str, args.channels)]
+                   "--device", args.device, "--threads", str(args.threads), "--backbone", args.backbone,
+                   "--channels", *map(str, args.channels)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"{plan}: the measuring subprocess failed:\n{done.stderr}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    keys = [k for k in rows[0] if k not in ("size", "batch")]
+    keys = [k for k in rows[0] if k not in ("size", "batch", "backbone")]
+    encoder = "DeepLab ResNet-34" if args.backbone == "deeplab" else f"encoder {args.channels}"
     print(f"one training step, {args.size}x{args.size}, batch {args.batch}, device {args.device}, "
-          f"encoder {args.channels} (memory in MiB)")
+          f"{encoder} (memory in MiB)")
     print("  ".join(f"{k:>12}" for k in keys))
     for row in rows:
         print("  ".join(f"{row[k]:>12.1f}" if isinstance(row[k], float) else f"{row[k]:>12}" for k in keys))
