@@ -207,13 +207,15 @@ def study_tables(records: list[Record], kind: str, schedules: dict[str, Schedule
 
 
 def study_header(title: str, argv: list[str], data_seeds: list[int], seeds: list[int],
-                 budgets: list[float | None], wall: float) -> list[str]:
+                 budgets: list[float | None], wall: float, records: list[Record]) -> list[str]:
+    cell_seconds = sum(r.metrics.get("search_seconds", 0.0) + r.metrics.get("train_seconds", 0.0) for r in records)
     return [f"# {title}", "", f"`python {' '.join(argv)}`", "",
             f"Default synthetic data, development data seeds {data_seeds}, training seeds {seeds}, "
             f"budgets {budgets}; selection by mean validation Δm (against the independent networks, "
             "from val.* metrics) only; test Δm, the recovery of the true groups and the other columns "
             f"are reported and choose nothing. Wall time of this invocation: {wall / 60:.1f} min "
-            "(cells finished earlier in the store are reused, not rerun).", ""]
+            "(cells finished earlier in the store are reused, not rerun); search + training time summed over "
+            f"the {len(records)} cells, reused or not, one thread each: {cell_seconds / 60:.1f} min.", ""]
 
 
 def fmt_list(values: list[float], fmt: str = "5.2f") -> str:
@@ -269,7 +271,7 @@ def study_main(doc: str, title: str, experiment: str, kind: str, schedules: dict
     start = time.perf_counter()
     records = run_all(cfgs, args.tracking_uri, experiment, args.workers)
     wall = time.perf_counter() - start
-    lines = [*study_header(title, sys.argv, data_seeds, seeds, budgets, wall),
+    lines = [*study_header(title, sys.argv, data_seeds, seeds, budgets, wall, records),
              *study_tables(records, kind, chosen, columns, summaries)]
     print("\n".join(lines))
     if args.out is not None:
