@@ -1,64 +1,60 @@
-"""DMTG on the default synthetic data, K = the number of true groups, on development data seeds.
+"""The DMTG study: named schedules on development data seeds, selected by validation Δm.
 
-Runs DMTG (with the given ``--set`` options) and the independent networks on
-*development* data seeds x training seeds through the sweep into a throwaway
-MLflow store (or ``--store``). The seed rule (``branchbench/seeds.py``): option
-sets are compared by their **mean validation Δm** (against the independent
-networks, from ``val.*`` metrics), the line this script ends with. The
-adjusted Rand index of each block's partition against the true groups, the
-recovery of the grouping, the commitment and the test Δm are printed per cell
-as *reported* quantities; they choose nothing::
+Every cell (each dmtg schedule at each budget, shared_bottom, independent)
+runs through the sweep into one MLflow store (a temporary one unless
+``--tracking-uri`` is given; finished cells are reused, so a second invocation
+only prints), one torch thread per cell, in ``--workers`` processes, on
+*development* data seeds (``branchbench/seeds.py``; others are refused). The
+seed rule: a schedule is **selected by its mean validation Δm** (against the
+independent networks, from ``val.*`` metrics) per budget and overall; test Δm,
+the recovery of the true groups, the ARI, the commitment (mean max assignment
+probability) and K are *reported* beside it and choose nothing.
 
-    python scripts/dmtg_study.py --seeds 3
-    python scripts/dmtg_study.py --set shared_blocks=1 --set logit_lr_mult=3
+With the default empty stem a branch is the whole backbone, so the budget sets
+K: 2 branches at 2.5x, 5 at 5x (nine synthetic tasks in three true groups).
+The ``k3`` schedule gives K = 3, the number of true groups, read from the data:
+it is a **feasibility check** (can the search find the groups when K is
+right?), run at 5x only (3 branches do not fit 2.5x), reported and never
+selectable as a default.
+
+Usage::
+
+    python scripts/dmtg_study.py --data-seeds 1000 1001 1002 --budgets 2.5 5.0 --workers 2 \\
+        --out scripts/results/dmtg_study.md
+    python scripts/dmtg_study.py --schedules default --variants '{"lr10": {"logit_lr_mult": 10.0}}'
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
-import statistics
+from _study import Column, Schedule, ari_blocks, fmt_list, mean_std, recovered, study_main
 
-from _study import mean_std, run
+from branchbench.seeds import development_seeds
 
-from branchbench.config import Component, SweepConfig
-from branchbench.plugins import create_dataset
-from branchbench.seeds import check_development, development_seeds
-from branchbench.tracking import default_uri
+SCHEDULES: dict[str, Schedule] = {
+    "default": Schedule({}, "the reference's Adam 8e-4 halved every 15%, search = 1x the protocol's epochs"),
+    "protocol": Schedule({"search_optimizer": "protocol"}, "version 1's search: the protocol's optimiser and cosine"),
+    "lr3": Schedule({"logit_lr_mult": 3.0}, "logits' learning rate x3 (a deviation, Differences (2))"),
+    "long": Schedule({"epoch_factor": 2.0}, "search 2x the protocol's epochs (the reference: 1x)"),
+    "k3": Schedule({"k": 3}, "K = the true number of groups", budgets=(5.0,), selectable=False),
+}
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
-    parser.add_argument("--data-seeds", type=int, nargs="+", default=development_seeds(2),
-                        help="development data seeds (default: %(default)s)")
-    parser.add_argument("--store", default=None, help="folder of the MLflow store (default: a temporary one)")
-    parser.add_argument("--workers", type=int, default=1, help="cells run at once (processes)")
-    parser.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                        help="a dmtg option, e.g. shared_blocks=1")
-    args = parser.parse_args()
-    options = {}
-    for item in args.options:
-        key, _, value = item.partition("=")
-        options[key] = ast.literal_eval(value)
-    options.setdefault("k", create_dataset("synthetic").params["groups"])
-    cfg = SweepConfig(name="dmtg-study", seeds=list(range(args.seeds)), budgets=[None], protocol={"threads": 1},
-                      datasets={"synthetic": Component("synthetic")},
-                      methods={"dmtg": Component("dmtg", options)},
-                      data_seeds=check_development(args.data_seeds, "--data-seeds"))
-    records = [r for r in run(cfg, default_uri(args.store) if args.store else None, "dmtg-study", args.workers)
-               if r.method == "dmtg"]
-    for r in records:
-        m = r.metrics
-        aris = {k[len("grouping.ari."):]: round(v, 3) for k, v in m.items() if k.startswith("grouping.ari.")}
-        print(f"data seed {r.data_seed} seed {r.seed}: val Δm {r.val_delta_m:+.2f} | reported: recovered="
-              f"{m['grouping.recovered']:.0f} ari={aris} commitment={m.get('search.commitment', float('nan')):.3f} "
-              f"test Δm {m['delta_m']:+.2f}", flush=True)
-    recovered = sum(r.metrics["grouping.recovered"] for r in records)
-    print(f"options {options}: val Δm {mean_std([r.val_delta_m for r in records])} (criterion, n={len(records)}, "
-          f"mean {statistics.fmean(r.val_delta_m for r in records):+.3f}); reported: recovered {recovered:.0f} "
-          f"of {len(records)}, test Δm {mean_std([r.metrics['delta_m'] for r in records])}")
+COLUMNS = [
+    Column("K", lambda m: f"{m.get('search.k', float('nan')):.0f}"),
+    Column("groups used", lambda m: f"{m.get('search.groups_used', float('nan')):.0f}"),
+    Column("commitment", lambda m: f"{m.get('search.commitment', float('nan')):.3f}"),
+    Column("ARI (last block)", lambda m: fmt_list(ari_blocks(m)[-1:], ".3f")),
+    Column("feasible", lambda m: "yes" if m.get("grouping.feasible") else "no"),
+    Column("recovered", recovered),
+    Column("test Δm", lambda m: f"{m['delta_m']:+.2f}"),
+    Column("search s", lambda m: f"{m.get('search_seconds', float('nan')):.0f}"),
+]
+SUMMARIES = [
+    Column("commitment (reported)", lambda ms: mean_std([m.get("search.commitment", float("nan")) for m in ms],
+                                                        ".3f")),
+    Column("ARI last block (reported)", lambda ms: mean_std([ari_blocks(m)[-1] for m in ms], ".3f")),
+]
 
 
 if __name__ == "__main__":
-    main()
+    study_main(__doc__, "DMTG schedule study (dmtg-study)", "dmtg-study", "dmtg", SCHEDULES,
+               ["default", "protocol", "lr3", "long", "k3"], [2.5, 5.0], development_seeds(3), COLUMNS, SUMMARIES)
