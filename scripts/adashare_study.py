@@ -11,17 +11,19 @@ metrics); test Δm, the recovery of the true groups, how often the policy
 reproduces shared-bottom (``search.reproduces_shared_bottom``: no task skips a
 block) and the blocks each task skips are *reported* and choose nothing.
 
-Schedules: ``default`` (``epoch_factor`` 5, 240 policy phases on the default
-synthetic cell), ``ref333`` (``policy_phases=333``, the reference's NYU-v2
-temperature and curriculum schedule), ``factor1`` (``epoch_factor=1``, the
-reference's search/retrain length ratio), ``cityscapes_reg`` (the reference's
+Schedules: ``default`` (``epoch_factor=1`` since adashare version 3: the
+reference's search/retrain length ratio, 48 policy phases on the default
+synthetic cell; this study chose it, as ``factor1``, over version 2's
+default), ``factor5`` (version 2's default, ``epoch_factor=5``, 240 phases),
+``ref333`` (``policy_phases=333``, the reference's NYU-v2
+temperature and curriculum schedule), ``cityscapes_reg`` (the reference's
 CityScapes 2-task regulariser weights, ``reg_w`` 0.01 and ``reg_w_hamming``
 0.1, against NYU-v2 3-task's 0.001 and 0.05) and, on request, ``sparse``
 (a sparsity weight 100x the default's, a probe of whether skipping appears).
 
 Usage::
 
-    python scripts/adashare_study.py --data-seeds 1000 1001 1002 --workers 2 --out scripts/results/adashare_study.md
+    python scripts/adashare_study.py --data-seeds 1000 1001 1002 1003 1004 --workers 2 --out scripts/results/adashare_study.md
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from _study import Column, Schedule, fmt_list, mean_std, recovered, study_main
 from branchbench.seeds import development_seeds
 
 SCHEDULES: dict[str, Schedule] = {
-    "default": Schedule({}, "epoch_factor 5: 240 policy phases on the default synthetic cell"),
+    "default": Schedule({}, "epoch_factor 1: the reference's proportions, search as long as retraining"),
+    "factor5": Schedule({"epoch_factor": 5.0}, "version 2's default: 240 policy phases on the default synthetic cell"),
     "ref333": Schedule({"policy_phases": 333}, "the reference's ~333 phases (NYU-v2 3-task)"),
-    "factor1": Schedule({"epoch_factor": 1.0}, "the reference's proportions: search as long as retraining"),
     "cityscapes_reg": Schedule({"sparsity_weight": 0.01, "sharing_weight": 0.1},
                                "the reference's CityScapes 2-task reg_w / reg_w_hamming"),
     "sparse": Schedule({"sparsity_weight": 0.1}, "sparsity 100x the default (a probe, not a reference value)"),
@@ -73,4 +75,4 @@ SUMMARIES = [
 
 if __name__ == "__main__":
     study_main(__doc__, "AdaShare schedule study (adashare-study)", "adashare-study", "adashare", SCHEDULES,
-               ["default", "ref333", "factor1", "cityscapes_reg"], None, development_seeds(3), COLUMNS, SUMMARIES)
+               ["default", "factor5", "ref333", "cityscapes_reg"], None, development_seeds(5), COLUMNS, SUMMARIES)

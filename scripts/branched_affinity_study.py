@@ -20,7 +20,7 @@ block is a stage of its own, so the same trees as ``default``), ``n200``
 
 Usage::
 
-    python scripts/branched_affinity_study.py --data-seeds 1000 1001 1002 --budgets 2.5 5.0 --workers 2 \\
+    python scripts/branched_affinity_study.py --data-seeds 1000 1001 1002 1003 1004 --budgets 2.5 5.0 --workers 2 \\
         --out scripts/results/branched_affinity_study.md
 """
 
@@ -64,4 +64,4 @@ SUMMARIES = [
 if __name__ == "__main__":
     study_main(__doc__, "Vandenhende et al. (branched_affinity) schedule study (branched-affinity-study)",
                "branched-affinity-study", "branched_affinity", SCHEDULES,
-               ["default", "size_weighted", "stages", "n200"], [2.5, 5.0], development_seeds(3), COLUMNS, SUMMARIES)
+               ["default", "size_weighted", "stages", "n200"], [2.5, 5.0], development_seeds(5), COLUMNS, SUMMARIES)

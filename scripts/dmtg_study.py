@@ -19,7 +19,7 @@ selectable as a default.
 
 Usage::
 
-    python scripts/dmtg_study.py --data-seeds 1000 1001 1002 --budgets 2.5 5.0 --workers 2 \\
+    python scripts/dmtg_study.py --data-seeds 1000 1001 1002 1003 1004 --budgets 2.5 5.0 --workers 2 \\
         --out scripts/results/dmtg_study.md
     python scripts/dmtg_study.py --schedules default --variants '{"lr10": {"logit_lr_mult": 10.0}}'
 """
@@ -57,4 +57,4 @@ SUMMARIES = [
 
 if __name__ == "__main__":
     study_main(__doc__, "DMTG schedule study (dmtg-study)", "dmtg-study", "dmtg", SCHEDULES,
-               ["default", "protocol", "lr3", "long", "k3"], [2.5, 5.0], development_seeds(3), COLUMNS, SUMMARIES)
+               ["default", "protocol", "lr3", "long", "k3"], [2.5, 5.0], development_seeds(5), COLUMNS, SUMMARIES)

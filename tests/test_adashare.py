@@ -188,8 +188,8 @@ def test_skip_counts_per_task_and_the_shared_bottom_flag():
 
 
 def test_search_length_from_the_factor_the_reference_phases_or_epochs():
-    assert AdaShare().search_length(60) == (300, 60)  # factor 5, warm-up 20%
-    assert AdaShare(epoch_factor=1.0).search_length(60) == (60, 12)  # the reference's search/retrain ratio
+    assert AdaShare().search_length(60) == (60, 12)  # factor 1, the reference's search/retrain ratio; warm-up 20%
+    assert AdaShare(epoch_factor=5.0).search_length(60) == (300, 60)  # version 2's default
     epochs, warmup = AdaShare(policy_phases=333).search_length(60)
     assert epochs - warmup == 333 and warmup == 83  # NYU-v2: 16,000 iterations in phases of 24 + 24
     with pytest.raises(OptionError, match="search_epochs=10 and policy_phases=333"):  # two lengths: refused
