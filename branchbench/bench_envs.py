@@ -16,7 +16,7 @@
    decoded cache.
 3. ``branchbench sweep`` of the config (every method and seed, or those given
    by ``--methods`` / ``--seeds`` / ``--budgets``): the MLflow runs, then
-   ``reports/<dataset>/``. Other options (``--device``, ``--workers``,
+   ``reports/<sweep name>/``. Other options (``--device``, ``--workers``,
    ``--tracking-uri``, ``--reports-dir``, ``--quiet``, ...) pass through.
 
 Steps 2 and 3 go through :func:`branchbench.cli.main`, so the CLI's refusals

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list each cell as done / failed / pending and the projected time; run nothing")
     sweep.add_argument("--retry-failed", action="store_true", help="also rerun cells that failed deterministically")
     sweep.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    sweep.add_argument("--reports-dir", default="reports", help="where reports/<dataset>/ go (default: %(default)s)")
+    sweep.add_argument("--reports-dir", default="reports", help="where reports/<sweep name>/ go, one folder per dataset inside when there are several (default: %(default)s)")
     sweep.add_argument("--no-report", action="store_true", help="skip the report at the end")
     sweep.add_argument("--quiet", "-q", action="store_true", help="print only failures and the final summary")
     _common(sweep)
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and figures of a sweep, from what MLflow holds")
     report.add_argument("--config", default=None, help="the sweep's TOML file (its cells are reported)")
     report.add_argument("--parent", default=None, help="a sweep's parent run id (default: the latest sweep)")
-    report.add_argument("--reports-dir", default="reports", help="where reports/<dataset>/ go (default: %(default)s)")
+    report.add_argument("--reports-dir", default="reports", help="where reports/<sweep name>/ go, one folder per dataset inside when there are several (default: %(default)s)")
     report.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     _common(report)
 
@@ -392,7 +392,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()
     if not args.no_report:
-        _report(tracking, result.parent_run_id, args.reports_dir, log=True)
+        _report(tracking, result.parent_run_id, args.reports_dir, log=True, sweep_name=cfg.name)
     from branchbench.ui import save_view
 
     save_view(tracking)  # the UI's comparison view now shows this sweep's metrics
@@ -434,14 +434,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         if run.data.tags.get("bb.kind") != "sweep":
             raise UsageError(f"run {parent} is not a sweep's parent run; give a sweep's parent run id")
     _report(tracking, parent, args.reports_dir, log=not args.no_log,
-            cells=[c.describe() for c in cells] if cells is not None else None)
+            cells=[c.describe() for c in cells] if cells is not None else None,
+            sweep_name=cfg.name if cfg is not None else None)
     return 0
 
 
-def _report(tracking: Any, parent: str | None, reports_dir: str, log: bool, cells: list | None = None) -> None:
+def _report(tracking: Any, parent: str | None, reports_dir: str, log: bool, cells: list | None = None,
+            sweep_name: str | None = None) -> None:
     from branchbench.reports.build import build_reports
 
-    written = build_reports(tracking, parent, Path(reports_dir), cells=cells, log=log and parent is not None)
+    written = build_reports(tracking, parent, Path(reports_dir), cells=cells, log=log and parent is not None,
+                            sweep_name=sweep_name)
     for path in written:
         print(f"wrote {path}")
 

@@ -57,7 +57,7 @@ def test_smoke_runs_the_pipeline_end_to_end_on_the_fixture(tmp_path, monkeypatch
     assert status == 0
     assert (work / "mlruns.db").is_file() and (work / "cache").is_dir()  # the store and cache in the work folder
     assert not (tmp_path / "mlruns.db").exists()
-    text = (reports / "celeba9" / "report.md").read_text()
+    text = (reports / "celeba_smoke" / "report.md").read_text()
     assert "## Published figures vs this suite (protocol celeba9)" in text
     if load_published(protocol="celeba9"):
         assert "| published |" in text
@@ -72,7 +72,7 @@ def test_smoke_runs_the_pipeline_end_to_end_on_the_fixture(tmp_path, monkeypatch
     runs = tables.cell_runs(store.search("tags.`bb.kind` = 'cell'"))
     chosen = tables.main_metrics(runs)
     assert len(chosen) == 9 and all(col.endswith(".error") and not higher for col, higher in chosen.values())
-    summary = pd.read_csv(reports / "celeba9" / "summary.csv")
+    summary = pd.read_csv(reports / "celeba_smoke" / "summary.csv")
     assert "total error.mean" in summary.columns and not any("accuracy" in c for c in summary.columns)
     reference = runs[runs["method"] == "independent"].iloc[0]
     for run in runs[runs["method"] != "independent"].itertuples(index=False):
@@ -94,4 +94,4 @@ def test_taskonomy_without_data_says_where_to_get_it_and_smoke_runs(tmp_path, mo
     work, reports = tmp_path / "work", tmp_path / "reports"
     assert bench_envs.main(["taskonomy", "--smoke", "--work", str(work), "--reports-dir", str(reports),
                             "--methods", "shared_bottom", "--device", "cpu", "--quiet"]) == 0
-    assert "shared_bottom" in (reports / "taskonomy5" / "report.md").read_text()
+    assert "shared_bottom" in (reports / "taskonomy_smoke" / "report.md").read_text()

@@ -117,7 +117,7 @@ def test_sweep_has_one_parent_and_the_expected_children(template_db, tmp_path, c
     # the report of the sweep, from the store, logged to the parent
     assert main(["report", "--parent", result.parent_run_id, "--tracking-uri", tracking.uri,
                  "--reports-dir", str(tmp_path / "reports")]) == 0
-    text = (tmp_path / "reports" / "synthetic" / "report.md").read_text()
+    text = (tmp_path / "reports" / "test" / "report.md").read_text()  # reports/<sweep name>/
     assert result.parent_run_id in text and "random_tree | 2 | 2 |" in text
     logged = [a.path for a in tracking.client.list_artifacts(result.parent_run_id, "reports/synthetic")]
     assert "reports/synthetic/summary.csv" in logged
@@ -284,7 +284,7 @@ def test_named_instances_of_one_kind_and_method_variants_in_one_sweep(template_d
     assert main(["report", "--parent", result.parent_run_id, "--tracking-uri", tracking.uri,
                  "--reports-dir", str(tmp_path / "reports")]) == 0
     for name in ("heldout_a", "heldout_b"):
-        text = (tmp_path / "reports" / name / "report.md").read_text()
+        text = (tmp_path / "reports" / "heldout" / name / "report.md").read_text()  # several datasets: one each
         assert "rt_wide" in text and "shared_bottom" in text
 
 
@@ -315,7 +315,7 @@ def test_a_report_rebuilt_from_a_copy_of_the_store_without_the_registry_is_the_s
     for path in original:
         if path.suffix in (".md", ".csv", ".tex"):
             assert (tmp_path / "rebuilt" / path).read_text() == (tmp_path / "original" / path).read_text(), path
-    text = (tmp_path / "rebuilt" / "synthetic" / "report.md").read_text()
+    text = (tmp_path / "rebuilt" / "test" / "report.md").read_text()
     assert "tmp" not in text and str(tmp_path) not in text  # no path of the machine that made it
 
 
@@ -345,3 +345,18 @@ def test_run_retrains_a_users_plan_file(template_db, tmp_path, capsys):
     path.write_text(json.dumps({**plan, "tasks": ["a", "b"], "nodes": {"a": [0, 0], "b": [0, 1]}}))
     assert main(args) == 2
     assert "differ from the dataset's" in capsys.readouterr().err
+
+
+def test_two_sweeps_over_one_dataset_write_their_own_report_folders(template_db, tmp_path):
+    # a development study over the comparison's dataset must not overwrite the comparison's report
+    uri = fresh_store(template_db, tmp_path / "store")
+    reports = tmp_path / "reports"
+    for name in ("comparison", "study"):
+        config = write_config(tmp_path / f"{name}.toml", ["shared_bottom"], seeds=(0,))
+        config.write_text(config.read_text().replace("name = 'test'", f"name = '{name}'"))
+        assert main(["sweep", str(config), "--tracking-uri", uri, "--reports-dir", str(reports), "--quiet"]) == 0
+        if name == "comparison":
+            first = (reports / "comparison" / "report.md").read_text()
+    assert (reports / "comparison" / "report.md").read_text() == first
+    assert (reports / "study" / "report.md").is_file()
+    assert not (reports / "synthetic").exists()  # never the dataset's name alone

@@ -3,7 +3,9 @@
 Only :func:`build_reports` touches the store (through :class:`Tracking`);
 :func:`dataset_report` is a pure function of the runs frame and the plans, so
 the same report can be rebuilt from any copy of the records. Files go to
-``<reports_dir>/<dataset>/``: ``report.md`` (header, hyper-parameters, every
+``<reports_dir>/<sweep name>/`` (:func:`report_folder`; one folder per dataset
+inside it when a sweep has several, so two sweeps over one dataset, say a
+comparison and a development study, never overwrite each other): ``report.md`` (header, hyper-parameters, every
 table, the figures), ``report.html`` (the same page with its figures inline,
 which MLflow's artifact viewer renders), each table as ``.csv`` (numbers) and
 ``.tex``, and PNG figures; the same files are logged to the parent run under
@@ -291,14 +293,28 @@ def _metric_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(text)).strip("_") or "_"
 
 
+def report_folder(reports_dir: Path, sweep_name: str | None, dataset: str, several: bool) -> Path:
+    """``<reports_dir>/<sweep name>/``, with ``<dataset>/`` inside when the sweep has several datasets.
+
+    Without a sweep name (cells reported on their own) the folder is ``<reports_dir>/<dataset>/``.
+    """
+    if not sweep_name:
+        return reports_dir / dataset
+    return reports_dir / sweep_name / dataset if several else reports_dir / sweep_name
+
+
 def build_reports(
     tracking: Any,
     parent_run_id: str | None,
     reports_dir: Path,
     cells: list[dict[str, Any]] | None = None,
     log: bool = True,
+    sweep_name: str | None = None,
 ) -> list[Path]:
-    """Report every dataset of a sweep; ``cells`` default to the parent run's ``sweep/cells.json``."""
+    """Report every dataset of a sweep; ``cells`` default to the parent run's ``sweep/cells.json``.
+
+    ``sweep_name`` defaults to the parent run's ``bb.sweep_name`` tag (see :func:`report_folder`).
+    """
     if cells is None:
         if parent_run_id is None:
             raise ValueError("a report needs the sweep's cells or its parent run id")
@@ -306,13 +322,16 @@ def build_reports(
     runs = tables.cell_runs(tracking.search("tags.`bb.kind` = 'cell'"), {c["hash"] for c in cells})
     sweep_hash = None
     if parent_run_id is not None:
-        sweep_hash = tracking.get_run(parent_run_id).data.tags.get("bb.sweep")
+        parent_tags = tracking.get_run(parent_run_id).data.tags
+        sweep_hash = parent_tags.get("bb.sweep")
+        sweep_name = sweep_name or parent_tags.get("bb.sweep_name")
     header = Header(parent_run_id, sweep_hash, commits(runs), tracking.label)
     plans = {run_id: tracking.load_json(run_id, "plan.json") for run_id in runs["run_id"]}
     written: list[Path] = []
-    for dataset in sorted(runs["dataset"].unique()):
+    datasets = sorted(runs["dataset"].unique())
+    for dataset in datasets:
         report = dataset_report(runs, dataset, header, plans)
-        folder = Path(reports_dir) / dataset
+        folder = report_folder(Path(reports_dir), sweep_name, dataset, several=len(datasets) > 1)
         files = write_report(report, folder)
         written += files
         if log and parent_run_id is not None:
