@@ -49,10 +49,10 @@ def test_synthetic_default_shapes_protocol_and_standardisation():
     bench = ds.load()
     assert bench.task_names == [f"t{i}" for i in range(9)]
     assert all(t.kind == "regression" for t in bench.tasks)
-    assert bench.input_shape == (32,)
-    assert [len(bench.splits[s]) for s in ("train", "val", "test")] == [1000, 1000, 5000]
+    assert bench.input_shape == (64,)
+    assert [len(bench.splits[s]) for s in ("train", "val", "test")] == [500, 1000, 5000]
     assert bench.backbone.block_names == ["fc0", "fc1", "fc2", "fc3"]
-    assert bench.backbone.blocks[-1].out_shape == (16,)
+    assert bench.backbone.blocks[-1].out_shape == (8,)
     assert ds.protocol() == bench.protocol
     assert bench.protocol.threads == 1 and bench.protocol.early_stopping > 0
     y = _train_targets(bench)
