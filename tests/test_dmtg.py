@@ -61,7 +61,9 @@ def test_logit_multiplier_is_refused_where_it_is_not_a_learning_rate_multiplier(
     bench = dataclasses.replace(bench, protocol=protocol.replace(optimizer="sgd"))
     with pytest.raises(ValueError, match="optimizer='sgd'"):  # refused before any training
         DMTG(k=2, logit_lr_mult=3.0, search_optimizer="protocol").search(bench, Budget(None), LocalContext(bench))
-    DMTG(k=2, logit_lr_mult=3.0)._protocol(bench)  # the reference's search optimiser is Adam without decay
+    DMTG(k=2, logit_lr_mult=3.0, search_optimizer="reference")._protocol(bench)  # the reference's: Adam, no decay
+    with pytest.raises(ValueError, match="optimizer='sgd'"):  # the default searches with the protocol's SGD
+        DMTG(k=2, logit_lr_mult=3.0)._protocol(bench)
 
 
 def test_one_group_skips_the_search_and_returns_shared_bottom():
@@ -185,7 +187,7 @@ def test_k_is_budget_derived_by_default_and_set_by_the_user():
 def test_search_follows_the_reference_schedule_relative_to_the_protocol():
     bench = tiny_bench(epochs=10)  # 256 samples / batch 64: 4 steps an epoch
     ctx = LocalContext(bench, seed=0)
-    result = DMTG(k=2, epoch_factor=2.0).search(bench, Budget(None), ctx)
+    result = DMTG(k=2, epoch_factor=2.0, search_optimizer="reference").search(bench, Budget(None), ctx)
     assert result.cost["supernet_epochs"] == 20 and result.cost["supernet_steps"] == 80
     lr = ctx.curve("search/lr")  # after each epoch: Adam 8e-4, halved after each 15% of the 80 steps
     halvings = [sum(4 * (e + 1) >= round(80 * f) for f in REFERENCE_MILESTONES) for e in range(20)]
@@ -195,7 +197,7 @@ def test_search_follows_the_reference_schedule_relative_to_the_protocol():
     trainer = HalvingTrainer(bench.protocol)  # given the total, or each epoch's steps: the same milestones
     assert trainer._make_schedule(optimizer, 80).milestones == trainer._make_schedule(optimizer, [4] * 20).milestones
     ctx = LocalContext(bench, seed=0)
-    DMTG(k=2, search_optimizer="protocol").search(bench, Budget(None), ctx)  # version 1: the protocol's cosine
+    DMTG(k=2).search(bench, Budget(None), ctx)  # the default (version 4): the protocol's cosine
     assert len(ctx.curve("search/lr")) == 10 and ctx.curve("search/lr")[-1] == pytest.approx(0.0, abs=1e-12)
 
 
