@@ -66,7 +66,7 @@ from branchbench.datasets.base import Dataset
 
 KNOWN_TAGS = frozenset({"search", "skips", "needs_groups", "needs_reference", "stochastic", "given_plan", "control"})
 KIT_DATA = dict(tasks=4, groups=2, input_dim=8, n_train=64, n_val=32, n_test=32, width=8, depth=3, n_sines=2)
-KIT_PROTOCOL = dict(epochs=2, batch_size=32, early_stopping=0, lr_schedule="constant", threads=1, amp="off")
+KIT_PROTOCOL = dict(epochs=2, batch_size=32, early_stopping=0, lr=1e-3, lr_schedule="constant", threads=1, amp="off")
 CAPPED_BUDGETS = (1.0, 1.5)
 POISONED_TRACKING_URI = "bbkit-poisoned://a-method-must-not-talk-to-mlflow"
 MLFLOW_FIX = "log through ctx.log_metrics / ctx.log_artifact; the cell function owns the MLflow run"
