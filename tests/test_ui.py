@@ -58,8 +58,11 @@ def sweep(template_db, tmp_path_factory) -> tuple[Tracking, str]:  # noqa: F811
 @contextlib.contextmanager
 def ui(uri: str, port: int = 0) -> Iterator[tuple[subprocess.Popen, str, int]]:
     """`branchbench ui` as a user starts it: yields the process, the printed URL and its process group."""
+    # SIGINT as in a terminal's foreground: a shell starts background jobs (`cmd &`, as some CI
+    # runners do) with SIGINT ignored, and the child would inherit that and never see the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "branchbench.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = Lines(proc)
         group = int(lines.wait_for(r"process group (\d+)", 120).group(1))
