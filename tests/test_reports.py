@@ -185,6 +185,13 @@ def test_hyperparameters_are_listed_per_method(runs):
     assert tables.hyperparameters(toy(runs))["learn_to_branch"] == {"lr": "0.01"}
 
 
+def test_hyperparameters_come_in_name_order_whatever_the_columns_order(runs):
+    frame = toy(runs).assign(**{"params.method.zeta": "1", "params.method.alpha": "2"})
+    shuffled = frame[list(reversed(frame.columns))]  # MLflow's search fixes no column order
+    for table in (frame, shuffled):
+        assert list(tables.hyperparameters(table)["learn_to_branch"]) == ["alpha", "lr", "zeta"]
+
+
 def test_pareto_front_drops_dominated_points():
     points = pd.DataFrame({"params": [100, 150, 160, 200, 120], "Δm (%)": [2.5, 0.0, 15.0, 0.0, 0.0]},
                           index=["sb", "rt", "ltb", "ind", "ada"])

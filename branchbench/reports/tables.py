@@ -735,9 +735,13 @@ def task_gains(runs: pd.DataFrame, reference: str = "independent") -> pd.DataFra
 
 # ---------------------------------------------------------------- context
 def hyperparameters(runs: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """method -> {option: value} from the runs' ``params.method.*`` (values joined if they differ)."""
+    """method -> {option: value} from the runs' ``params.method.*`` (values joined if they differ).
+
+    Options in name order: MLflow's search returns its columns in no fixed order, and a report
+    rebuilt from the same runs must be the same text.
+    """
     out: dict[str, dict[str, str]] = {}
-    option_columns = [c for c in runs.columns if c.startswith("params.method.")]
+    option_columns = sorted(c for c in runs.columns if c.startswith("params.method."))
     for method, group in runs.groupby("method", sort=False):
         options = {}
         for column in option_columns:
