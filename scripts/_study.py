@@ -5,7 +5,11 @@ The seed rule (``branchbench/seeds.py``): a study chooses defaults on
 other data seeds, runs the cells through the sweep (resumable, reused by
 identity, ``--workers`` processes), and returns one :class:`Record` per cell
 with its validation scores (what a study selects on) beside its test Δm and
-grouping recovery (reported only, never a criterion).
+grouping recovery (reported only, never a criterion). The tables end with
+the adoption test (:func:`adoption`): the schedule with the best mean
+validation Δm replaces the default only when a paired t-test against it clears
+``ADOPT_ALPHA`` (and, judged in the method's docstring, it changes a
+hyper-parameter rather than the method's objective or cost).
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import ttest_1samp
+
 from branchbench.cell import load_bench
 from branchbench.config import Component, SweepConfig
 from branchbench.runner import cell_states, plan_sweep, prepare_data, run_sweep
 from branchbench.seeds import check_development
 from branchbench.tracking import Tracking, default_uri
 from branchbench.tune import validation_delta_m
+
+ADOPT_ALPHA = 0.05  # a winner replaces the default only when a paired t-test clears this (adoption())
 
 
 @dataclass
@@ -193,17 +201,40 @@ def study_tables(records: list[Record], kind: str, schedules: dict[str, Schedule
             out.append(f"| {name} | " + " | ".join(mean_std(diffs[b]) for b in budgets) + f" | {mean_std(every)} |")
     out += ["", "## Selected by mean validation Δm (selectable schedules only)", ""]
     selectable = [key_of(kind, n) for n, s in schedules.items() if s.selectable]
+    overall = None  # the winner over every budget (the last row)
     for budget in [*budgets, "all"] if len(budgets) > 1 else budgets:
         scores = {label[m]: statistics.fmean(vals) for m in selectable
                   if (vals := [v for (m2, b, _, _), v in by_cell.items()
                                if m2 == m and (budget == "all" or b == budget)])}
         if not scores:
             continue
-        best = max(scores, key=scores.get)
+        best = overall = max(scores, key=scores.get)
         out.append(f"- budget {budget}: **{best}** (mean val Δm {scores[best]:+.2f}; {DEFAULT}: "
                    f"{scores.get(DEFAULT, float('nan')):+.2f}; all: "
                    + ", ".join(f"{n} {v:+.2f}" for n, v in sorted(scores.items(), key=lambda kv: -kv[1])) + ")")
+    if DEFAULT in schedules and overall is not None:
+        out += ["", *adoption(overall, [v - by_cell[(base, b, d, s)] for (m, b, d, s), v in by_cell.items()
+                                        if m == key_of(kind, overall) and (base, b, d, s) in by_cell])]
     return out
+
+
+def adoption(best: str, diffs: list[float], alpha: float = ADOPT_ALPHA) -> list[str]:
+    """Whether the overall winner replaces the default: only when its gain is clear of the seed noise.
+
+    The rule the method docstrings apply: a two-sided paired t-test of the winner's validation Δm
+    against the default's over every cell both ran (data seeds x budgets), at ``alpha``. A winner
+    that changes a method's objective or cost rather than a hyper-parameter is never adopted; that
+    judgement is the method docstring's, not this table's.
+    """
+    head = f"## Adoption (paired t-test of `{best}` against `{DEFAULT}` over every cell, two-sided, alpha {alpha})"
+    if best == DEFAULT:
+        return [head, "", "- the default is the overall winner: it stays"]
+    if len(diffs) < 2 or statistics.pstdev(diffs) == 0:
+        return [head, "", f"- too few paired cells or no spread ({len(diffs)}): the default stays"]
+    p = float(ttest_1samp(diffs, 0.0).pvalue)
+    verdict = "clear of the noise: adopt (unless it changes the objective)" if p < alpha and \
+        statistics.fmean(diffs) > 0 else "within the noise: the default stays"
+    return [head, "", f"- `{best}` - `{DEFAULT}`: {mean_std(diffs)} over {len(diffs)} cells, p = {p:.3g}: {verdict}"]
 
 
 def study_header(title: str, argv: list[str], data_seeds: list[int], seeds: list[int],

@@ -38,6 +38,16 @@ def test_selection_reads_validation_only_and_skips_feasibility_checks(study):
     assert any("| check |" in line and "no (feasibility check)" in line for line in lines)
 
 
+def test_a_winner_replaces_the_default_only_when_its_paired_gain_is_clear_of_the_noise(study):
+    clear = study.adoption("other", [1.0, 1.1, 0.9, 1.05, 0.95])
+    assert "adopt" in clear[-1] and "stays" not in clear[-1]
+    noisy = study.adoption("other", [3.0, -2.0, 4.0, -3.0, 1.0])  # mean +0.6, sd ~3: inside the noise
+    assert "the default stays" in noisy[-1]
+    worse = study.adoption("other", [-1.0, -1.1, -0.9])  # significant, but the default is better
+    assert "the default stays" in worse[-1]
+    assert "the default stays" in study.adoption("other", [2.0])[-1]  # one cell: no test
+
+
 def test_study_configs_refuse_evaluation_seeds_and_run_a_schedule_at_its_own_budgets(study):
     schedules = {"default": study.Schedule({}), "k3": study.Schedule({"k": 3}, budgets=(5.0,), selectable=False)}
     with pytest.raises(ValueError, match="data seed 0 is an evaluation data seed"):
