@@ -189,16 +189,7 @@ def study_tables(records: list[Record], kind: str, schedules: dict[str, Schedule
     by_cell = {(r.method, r.budget, r.data_seed, r.seed): r.val_delta_m for r in ours}
     base = key_of(kind, DEFAULT)
     if DEFAULT in schedules:
-        out += ["", f"## Paired val Δm difference to `{DEFAULT}` (same data seed, seed, budget)", "",
-                "| schedule | " + " | ".join(f"{b}" for b in budgets) + " | all |",
-                "|---|" + "---|" * (len(budgets) + 1)]
-        for name in schedules:
-            if name == DEFAULT:
-                continue
-            diffs = {b: [v - by_cell[(base, b, d, s)] for (m, b2, d, s), v in by_cell.items()
-                         if m == key_of(kind, name) and b2 == b and (base, b, d, s) in by_cell] for b in budgets}
-            every = [x for b in budgets for x in diffs[b]]
-            out.append(f"| {name} | " + " | ".join(mean_std(diffs[b]) for b in budgets) + f" | {mean_std(every)} |")
+        out += paired_section(by_cell, base, {n: key_of(kind, n) for n in schedules if n != DEFAULT}, budgets)
     out += ["", "## Selected by mean validation Δm (selectable schedules only)", ""]
     selectable = [key_of(kind, n) for n, s in schedules.items() if s.selectable]
     overall = None  # the winner over every budget (the last row)
@@ -213,8 +204,31 @@ def study_tables(records: list[Record], kind: str, schedules: dict[str, Schedule
                    f"{scores.get(DEFAULT, float('nan')):+.2f}; all: "
                    + ", ".join(f"{n} {v:+.2f}" for n, v in sorted(scores.items(), key=lambda kv: -kv[1])) + ")")
     if DEFAULT in schedules and overall is not None:
-        out += ["", *adoption(overall, [v - by_cell[(base, b, d, s)] for (m, b, d, s), v in by_cell.items()
-                                        if m == key_of(kind, overall) and (base, b, d, s) in by_cell])]
+        diffs = paired_to_default(by_cell, base, key_of(kind, overall), budgets)
+        out += ["", *adoption(overall, [x for b in budgets for x in diffs[b]])]
+    return out
+
+
+def paired_to_default(by_cell: dict[tuple, float], base: str, key: str,
+                      budgets: list[float | None]) -> dict[float | None, list[float]]:
+    """Per budget: ``key``'s validation Δm minus the default's (``base``), over the cells both ran.
+
+    ``by_cell`` maps (method key, budget, data seed, seed) to validation Δm.
+    """
+    return {b: [v - by_cell[(base, b, d, s)] for (m, b2, d, s), v in by_cell.items()
+                if m == key and b2 == b and (base, b, d, s) in by_cell] for b in budgets}
+
+
+def paired_section(by_cell: dict[tuple, float], base: str, keys: dict[str, str],
+                   budgets: list[float | None]) -> list[str]:
+    """The table of each schedule's (name -> method key) paired difference to the default, per budget and all."""
+    out = ["", f"## Paired val Δm difference to `{DEFAULT}` (same data seed, seed, budget)", "",
+           "| schedule | " + " | ".join(f"{b}" for b in budgets) + " | all |",
+           "|---|" + "---|" * (len(budgets) + 1)]
+    for name, key in keys.items():
+        diffs = paired_to_default(by_cell, base, key, budgets)
+        every = [x for b in budgets for x in diffs[b]]
+        out.append(f"| {name} | " + " | ".join(mean_std(diffs[b]) for b in budgets) + f" | {mean_std(every)} |")
     return out
 
 

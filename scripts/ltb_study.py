@@ -40,14 +40,14 @@ import sys
 import time
 from pathlib import Path
 
-from _study import Record, groups, mean_std, run
+from _study import DEFAULT, Record, groups, mean_std, paired_section, run
 
 from branchbench.config import Component, SweepConfig
 from branchbench.seeds import check_development, development_seeds
 
 BASELINES = ("shared_bottom", "independent", "oracle_tree")
 EXPERIMENT = "ltb-study"
-DEFAULT = "default"
+
 SCHEDULES: dict[str, dict] = {
     DEFAULT: {},
     "v2": {"tau_hold": 0.0},  # version 2's default (annealed from the first search step): the tables' "default (v2)"
@@ -115,17 +115,8 @@ def tables(records: list[Record], variants: dict[str, dict]) -> list[str]:
     budgets = sorted({r.budget for r in ours}, key=lambda b: b or 0.0)
     by_cell = {(r.method, r.budget, r.data_seed, r.seed): r.val_delta_m for r in ours}
     if DEFAULT in variants:
-        out += ["", f"## Paired val Δm difference to `{DEFAULT}` (same data seed, seed, budget)", "",
-                "| schedule | " + " | ".join(f"{b}" for b in budgets) + " | all |",
-                "|---|" + "---|" * (len(budgets) + 1)]
-        for name in variants:
-            if name == DEFAULT:
-                continue
-            diffs = {b: [v - by_cell[(method_key(DEFAULT), b, d, s)] for (m, b2, d, s), v in by_cell.items()
-                         if m == method_key(name) and b2 == b and (method_key(DEFAULT), b, d, s) in by_cell]
-                     for b in budgets}
-            every = [x for b in budgets for x in diffs[b]]
-            out.append(f"| {name} | " + " | ".join(mean_std(diffs[b]) for b in budgets) + f" | {mean_std(every)} |")
+        out += paired_section(by_cell, method_key(DEFAULT),
+                              {n: method_key(n) for n in variants if n != DEFAULT}, budgets)
     out += ["", "## Selected by mean validation Δm", ""]
     for budget in [*budgets, "all"]:
         scores = {label[m]: statistics.fmean(v for (m2, b, _, _), v in by_cell.items()
