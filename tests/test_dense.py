@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from _dense import constant_predictions
 from sklearn.metrics import confusion_matrix
 
 from branchbench.context import LocalContext
@@ -310,34 +311,14 @@ def test_every_method_searches_and_retrains_on_dense_tasks(name):
     assert measure_latency(retrained.net, bench.prepare(bench.splits["test"].x[:1]), repeats=1, warmup=0) > 0
 
 
-def _constant_predictions(bench, n: int) -> dict[str, torch.Tensor]:
-    """The best constant of each task, fitted on the training split: majority class, mean normal, mean/median."""
-    train = bench.splits["train"].y
-    size = bench.input_shape[1:]
-    out = {}
-    for task in bench.tasks:
-        y = train[task.name]
-        if task.kind == "segmentation":
-            majority = torch.bincount(y[y != task.ignore_index].long()).argmax()
-            out[task.name] = F.one_hot(majority, task.n_outputs).float().view(1, -1, 1, 1).expand(n, -1, *size)
-        elif task.kind == "normals":
-            mean = torch.nanmean(y.transpose(0, 1).reshape(3, -1), dim=1)
-            out[task.name] = F.normalize(mean, dim=0).view(1, 3, 1, 1).expand(n, 3, *size)
-        else:
-            values = y[torch.isfinite(y)]
-            out[task.name] = [torch.full((n, 1, *size), float(c)) for c in (values.mean(), values.median())]
-    return out
-
-
 def test_trained_shared_bottom_beats_constant_predictors_on_val():
     bench = dense_benchmark(n_train=192, batch_size=16, epochs=16)
     plan = Plan.shared_bottom(bench.task_names, bench.backbone.block_names)
     trained = retrain(bench, plan, Trainer(bench.protocol), seed=0).metrics
     val = bench.splits["val"]
-    for task, constant in _constant_predictions(bench, len(val)).items():
+    for task, candidates in constant_predictions(bench, len(val)).items():
         spec = bench.task(task)
         main = spec.main_metric
-        candidates = constant if isinstance(constant, list) else [constant]
         scores = [spec.score(c, val.y[task])[main.name] for c in candidates]
         best = max(scores) if main.higher_is_better else min(scores)
         ours = trained[f"val.{task}.{main.name}"]

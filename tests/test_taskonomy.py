@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from _dense import constant_predictions
 from PIL import Image
 
 from branchbench.core import dense, streaming
@@ -440,26 +440,6 @@ def test_every_method_runs_end_to_end_on_the_fixture(small_bench, name):
                 assert math.isfinite(retrained.metrics[f"{split}.{task.name}.{metric.name}"]), (split, task.name)
 
 
-def _constant_predictions(bench, n: int) -> dict[str, list[torch.Tensor]]:
-    """The best constants of each task fitted on the decoded training targets: majority class,
-    mean normal, mean and median."""
-    train = bench.prepare_targets(bench.splits["train"].y)
-    size = bench.input_shape[1:]
-    out = {}
-    for task in bench.tasks:
-        y = train[task.name]
-        if task.kind == "segmentation":
-            majority = torch.bincount(y[y != task.ignore_index].long()).argmax()
-            out[task.name] = [F.one_hot(majority, task.n_outputs).float().view(1, -1, 1, 1).expand(n, -1, *size)]
-        elif task.kind == "normals":
-            mean = torch.nanmean(y.transpose(0, 1).reshape(3, -1), dim=1)
-            out[task.name] = [F.normalize(mean, dim=0).view(1, 3, 1, 1).expand(n, 3, *size)]
-        else:
-            values = y[torch.isfinite(y)]
-            out[task.name] = [torch.full((n, 1, *size), float(c)) for c in (values.mean(), values.median())]
-    return out
-
-
 def test_a_trained_shared_bottom_beats_constant_predictors_on_val(tmp_path):
     root = write_taskonomy_fixture(tmp_path / "data", views={"train": 128, "val": 48, "test": 8})
     bench = dataset(root, tmp_path / "cache", width=16).load()
@@ -469,7 +449,7 @@ def test_a_trained_shared_bottom_beats_constant_predictors_on_val(tmp_path):
     trained = retrain(bench, plan, Trainer(bench.protocol), seed=0).metrics
     val = bench.splits["val"]
     targets = bench.prepare_targets(val.y)
-    for task, candidates in _constant_predictions(bench, len(val)).items():
+    for task, candidates in constant_predictions(bench, len(val)).items():
         spec = bench.task(task)
         main = spec.main_metric
         scores = [spec.score(c, targets[task])[main.name] for c in candidates]
