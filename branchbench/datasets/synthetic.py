@@ -52,8 +52,9 @@ steps (tables in ``scripts/results/``):
    the groups). Version 1's protocol (Adam 1e-3) was badly under-trained: on
    version 1's data (input_dim 32, width 16, n_train 1000) its criterion was
    0.723 against 0.499 at 2e-2 and 0.492 at 5e-2 (1e-1: 0.722, shared-bottom
-   diverging); doubling the epochs at 1e-3 gave 0.694 (every run stopped
-   early: the rate, not the cap, was short).
+   diverging); doubling the epochs at 1e-3 gave 0.694 (5 of 6 runs then
+   stopped before the cap, against 3 of 6 at 60 epochs: more epochs helped
+   little; the rate was short).
 2. *The data* (``scripts/synthetic_defaults_study.py``, at Adam 2e-2, the
    lower of the two best rates, 5e-2 lying next to the rate where
    shared-bottom diverged). Criterion: grouping matters, i.e. the oracle tree
